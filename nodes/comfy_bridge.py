@@ -1,0 +1,102 @@
+"""The one place that knows ComfyUI's ModelPatcher, conds and sampler entry points.
+
+Temporal layers join a MODEL the way ComfyUI supports adding modules: they live
+in their own ModelPatcher (loaded and offloaded with the UNet), are injected
+into the UNet's blocks when the clone is loaded and ejected when it is not, and
+the UNet hands them control through the forward-timestep-embed patch.
+"""
+
+import os
+
+import comfy.model_base
+import comfy.model_patcher
+import comfy.ops
+import comfy.patcher_extension
+import folder_paths
+import torch
+
+from ..vldm_core.temporal import TemporalLayer, TemporalLayers
+from ..vldm_core.unet_layout import eject, find_layout, inject
+from ..vldm_core.weights import load_temporal_layers
+
+KEY = "vldm_temporal_layers"
+FOLDER = "temporal_layers"
+FRESH = "fresh (untrained, for training)"
+
+
+def register_model_folder():
+    """models/temporal_layers, safetensors only (also when extra_model_paths.yaml names it)."""
+    default = os.path.join(folder_paths.models_dir, FOLDER)
+    paths = folder_paths.folder_names_and_paths.get(FOLDER, ([], set()))[0]
+    if default not in paths:
+        paths.append(default)
+    folder_paths.folder_names_and_paths[FOLDER] = (paths, {".safetensors"})
+
+
+def frames_per_forward(x, transformer_options):
+    """T from the batch ComfyUI built: it stacks whole videos, one per cond/uncond entry."""
+    batch = transformer_options.get("original_shape", x.shape)[0]
+    videos = len(transformer_options.get("cond_or_uncond") or [None])
+    if batch % videos:
+        raise RuntimeError(f"batch of {batch} frames does not split into {videos} videos (cond/uncond)")
+    return batch // videos
+
+
+def _run_temporal_layer(layer, x, emb, context, transformer_options, *unused):
+    return layer(x, emb, context, frames_per_forward(x, transformer_options))
+
+
+def unet_of(model):
+    return model.model.diffusion_model
+
+
+def prediction_type(model):
+    return {comfy.model_base.ModelType.EPS: "eps", comfy.model_base.ModelType.V_PREDICTION: "v"}.get(model.model.model_type)
+
+
+def temporal_layers_of(model):
+    """The TemporalLayers a MODEL was patched with, or None."""
+    holders = model.get_additional_models_with_key(KEY)
+    return holders[0].model if holders else None
+
+
+def load_layers_for(model, name):
+    """Temporal layers for ``model``: fresh (identity at start) or from a file in models/temporal_layers."""
+    layout = find_layout(unet_of(model))
+    if name == FRESH:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return TemporalLayers(layout, ops=comfy.ops.manual_cast, train_frames=None)
+    path = folder_paths.get_full_path_or_raise(FOLDER, name)
+    return load_temporal_layers(path, layout, ops=comfy.ops.manual_cast, prediction_type=prediction_type(model))
+
+
+def with_temporal_layers(model, layers: TemporalLayers):
+    """A clone of ``model`` that runs ``layers``; ``model`` itself is untouched."""
+    if temporal_layers_of(model) is not None:
+        raise ValueError("this MODEL already has Video LDM temporal layers: connect the Temporal UNet Patcher to the original image MODEL")
+    patched = model.clone()
+    holder = comfy.model_patcher.ModelPatcher(layers, load_device=model.load_device, offload_device=model.offload_device)
+    patched.set_additional_models(KEY, [holder])
+    sites = layers.by_site()
+    patched.set_injections(
+        KEY,
+        [comfy.patcher_extension.PatcherInjection(inject=lambda mp: inject(unet_of(mp), sites), eject=lambda mp: eject(unet_of(mp)))],
+    )
+    patched.set_model_forward_timestep_embed_patch((TemporalLayer, _run_temporal_layer))
+    return patched
+
+
+def sample_frames(model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_frames):
+    """Denoise all frames of ``latent_frames`` jointly with ComfyUI's own samplers,
+    with ComfyUI's progress bar and cancel."""
+    import comfy.sample
+    import comfy.utils
+    import latent_preview
+
+    latent_frames = comfy.sample.fix_empty_latent_channels(model, latent_frames)
+    noise = comfy.sample.prepare_noise(latent_frames, noise_seed)
+    return comfy.sample.sample(
+        model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_frames,
+        callback=latent_preview.prepare_callback(model, steps), disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=noise_seed,
+    )

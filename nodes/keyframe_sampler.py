@@ -1,0 +1,58 @@
+import comfy.model_management
+import comfy.samplers
+import nodes
+import torch
+from comfy_api.latest import io
+
+from .comfy_bridge import sample_frames, temporal_layers_of
+
+
+def check_frame_count(model, frames):
+    layers = temporal_layers_of(model)
+    if layers is None:
+        raise ValueError("this MODEL has no Video LDM temporal layers, so its frames would come out independent: pass it through Temporal UNet Patcher first")
+    if layers.train_frames is not None and frames > layers.train_frames:
+        raise ValueError(
+            f"{frames} frames requested, but these temporal layers were trained on {layers.train_frames}: sample at most {layers.train_frames} key frames here, "
+            "then make the video longer with the Masked Predictor or denser with the 4x Interpolator"
+        )
+
+
+def check_size(width, height):
+    for name, value in (("width", width), ("height", height)):
+        if value % 8:
+            raise ValueError(f"{name} {value} is not a multiple of 8 (the latent is 8x smaller): use {value - value % 8} or {value - value % 8 + 8}")
+
+
+class KeyframeSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VLDM_KeyframeSampler",
+            display_name="Keyframe Sampler",
+            category="Video LDM",
+            description="Samples the key frames of a video: all frames are denoised together, so the temporal layers make them one coherent clip.",
+            inputs=[
+                io.Model.Input("model", tooltip="A MODEL from Temporal UNet Patcher."),
+                io.Conditioning.Input("positive", tooltip="What the video shows."),
+                io.Conditioning.Input("negative", tooltip="What it should not show."),
+                io.Int.Input("frames", default=16, min=1, max=1024, tooltip="Number of key frames; at most what the temporal layers were trained on."),
+                io.Int.Input("width", default=512, min=16, max=nodes.MAX_RESOLUTION, step=8, tooltip="Frame width in pixels (multiple of 8)."),
+                io.Int.Input("height", default=320, min=16, max=nodes.MAX_RESOLUTION, step=8, tooltip="Frame height in pixels (multiple of 8)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip="Seed of the initial noise."),
+                io.Int.Input("steps", default=25, min=1, max=10000, tooltip="Denoising steps."),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Text guidance scale."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="ddim", tooltip="Any ComfyUI sampler; the paper uses DDIM."),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="ddim_uniform", tooltip="Any ComfyUI scheduler."),
+            ],
+            outputs=[io.Latent.Output(display_name="LATENT", tooltip="The key frames, one latent per frame in the batch axis.")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, frames, width, height, seed, steps, cfg, sampler_name, scheduler) -> io.NodeOutput:
+        check_frame_count(model, frames)
+        check_size(width, height)
+        channels = model.model.latent_format.latent_channels
+        empty = torch.zeros([frames, channels, height // 8, width // 8], device=comfy.model_management.intermediate_device())
+        samples = sample_frames(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, empty)
+        return io.NodeOutput({"samples": samples})

@@ -1,0 +1,210 @@
+"""Video LDM's temporal layers (Blattmann et al. 2023, Fig. 4).
+
+A latent video travels through the UNet as frames in the batch axis,
+``(b t) c h w``. Spatial layers see ``b*t`` independent images; each temporal
+layer folds the frames back into videos, mixes information across ``t``, and
+unfolds again. Its output is merged with the spatial output it follows,
+
+    z = alpha * z_spatial + (1 - alpha) * z_temporal,   alpha = sigmoid(mix_factor),
+
+and the last projection of every temporal branch starts at zero, so a freshly
+built video model computes exactly what the image model computes.
+
+``ops`` is any namespace with ``Linear``, ``Conv3d``, ``GroupNorm`` and
+``LayerNorm`` (``torch.nn`` by default; ComfyUI passes its casting ops so that
+low-VRAM loading works). Weights are initialised here, never by the ops.
+"""
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+def to_video(z, frames):
+    return rearrange(z, "(b t) c h w -> b c t h w", t=frames)
+
+
+def to_frames(z):
+    return rearrange(z, "b c t h w -> (b t) c h w")
+
+
+def sinusoidal_embedding(positions, dim, max_period=10000.0):
+    """The transformer's sin/cos code of integer positions, ``(n,) -> (n, dim)``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=positions.device) / half)
+    angles = positions.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+@dataclass(frozen=True)
+class TemporalConfig:
+    """Hyper-parameters that, with a UNet layout, fix every temporal weight's shape."""
+
+    alpha_init: float = 0.5  # merge weight of the spatial path before training; < 1 so the temporal path gets gradients
+    text_cross_attention: bool = True  # temporal blocks also attend to the prompt, as in the authors' successor code
+    ff_mult: int = 4
+    norm_groups: int = 32
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown temporal config keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**values)
+
+
+class AlphaMerge(nn.Module):
+    """The learned per-layer blend of the spatial output and the temporal output."""
+
+    def __init__(self, alpha_init):
+        super().__init__()
+        self.mix_factor = nn.Parameter(torch.tensor([math.log(alpha_init / (1.0 - alpha_init))]))
+
+    @property
+    def alpha(self):
+        return torch.sigmoid(self.mix_factor)
+
+    def forward(self, z_spatial, z_temporal):
+        alpha = torch.sigmoid(self.mix_factor.to(device=z_spatial.device, dtype=torch.float32)).to(z_spatial.dtype)
+        # Written as z_s + (1 - a)(z_t - z_s): equal to a*z_s + (1-a)*z_t, and exactly z_s when z_t == z_s.
+        return z_spatial + (1 - alpha) * (z_temporal - z_spatial)
+
+
+class TemporalLayer(nn.Module):
+    """Base of the layers inserted after spatial blocks; a UNet calls them as
+    ``layer(z, emb, context, frames)``."""
+
+    def zero_init_last(self):
+        raise NotImplementedError
+
+
+class TemporalResBlock(TemporalLayer):
+    """A residual block of (3, 1, 1) convolutions over time, after a spatial ResBlock."""
+
+    def __init__(self, channels, emb_channels, config, ops=nn):
+        super().__init__()
+        self.norm1 = ops.GroupNorm(config.norm_groups, channels)
+        self.conv1 = ops.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))
+        self.emb_proj = ops.Linear(emb_channels, channels)
+        self.norm2 = ops.GroupNorm(config.norm_groups, channels)
+        self.conv2 = ops.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))
+        self.merge = AlphaMerge(config.alpha_init)
+
+    def zero_init_last(self):
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, z, emb, context, frames):
+        h = self.conv1(F.silu(self.norm1(to_video(z, frames))))
+        h = h + rearrange(self.emb_proj(F.silu(emb)), "(b t) c -> b c t 1 1", t=frames)
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.merge(z, z + to_frames(h))
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, heads, head_dim, context_dim=None, ops=nn):
+        super().__init__()
+        inner = heads * head_dim
+        self.heads = heads
+        self.to_q = ops.Linear(dim, inner, bias=False)
+        self.to_k = ops.Linear(context_dim or dim, inner, bias=False)
+        self.to_v = ops.Linear(context_dim or dim, inner, bias=False)
+        self.to_out = ops.Linear(inner, dim)
+
+    def forward(self, x, context=None):
+        context = x if context is None else context
+        q, k, v = (rearrange(p, "b n (h d) -> b h n d", h=self.heads) for p in (self.to_q(x), self.to_k(context), self.to_v(context)))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+
+
+class TemporalAttentionBlock(TemporalLayer):
+    """Self-attention across the frames at every spatial position, after a spatial
+    transformer; frames know their order through a sinusoidal position code."""
+
+    def __init__(self, channels, heads, head_dim, context_dim, config, ops=nn):
+        super().__init__()
+        inner = heads * head_dim
+        self.norm = ops.GroupNorm(config.norm_groups, channels)
+        self.proj_in = ops.Linear(channels, inner)
+        self.frame_pos = nn.Sequential(ops.Linear(inner, inner), nn.SiLU(), ops.Linear(inner, inner))
+        self.norm_self = ops.LayerNorm(inner)
+        self.self_attn = Attention(inner, heads, head_dim, ops=ops)
+        if config.text_cross_attention:
+            self.norm_cross = ops.LayerNorm(inner)
+            self.cross_attn = Attention(inner, heads, head_dim, context_dim=context_dim, ops=ops)
+        self.norm_ff = ops.LayerNorm(inner)
+        self.ff = nn.Sequential(ops.Linear(inner, inner * config.ff_mult), nn.GELU(), ops.Linear(inner * config.ff_mult, inner))
+        self.proj_out = ops.Linear(inner, channels)
+        self.merge = AlphaMerge(config.alpha_init)
+
+    def zero_init_last(self):
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, z, emb, context, frames):
+        height, width = z.shape[-2:]
+        x = self.proj_in(rearrange(self.norm(z), "(b t) c h w -> (b h w) t c", t=frames))
+        positions = torch.arange(frames, device=z.device)
+        x = x + self.frame_pos(sinusoidal_embedding(positions, x.shape[-1]).to(x.dtype))
+        x = x + self.self_attn(self.norm_self(x))
+        if hasattr(self, "cross_attn"):
+            # Cross-attention treats every query alone, so frame-major tokens can
+            # attend to their own frame's prompt without repeating it per pixel.
+            x = rearrange(x, "(b h w) t c -> (b t) (h w) c", h=height, w=width)
+            x = x + self.cross_attn(self.norm_cross(x), context)
+            x = rearrange(x, "(b t) (h w) c -> (b h w) t c", t=frames, h=height)
+        x = x + self.ff(self.norm_ff(x))
+        z_temporal = z + rearrange(self.proj_out(x), "(b h w) t c -> (b t) c h w", h=height, w=width)
+        return self.merge(z, z_temporal)
+
+
+def init_weights(module):
+    """PyTorch's default init for every weight (casting ops skip it), then zeros
+    in the last projection of each temporal branch."""
+    for m in module.modules():
+        if isinstance(m, (nn.GroupNorm, nn.LayerNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.Linear, nn.Conv3d, nn.Conv2d)):
+            nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5))
+            if m.bias is not None:
+                fan_in = m.weight[0].numel()
+                nn.init.uniform_(m.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+    for m in module.modules():
+        if isinstance(m, TemporalLayer):
+            m.zero_init_last()
+
+
+class TemporalLayers(nn.Module):
+    """All temporal layers of one UNet, in one module: what a weight file holds
+    and what ComfyUI loads and offloads beside the UNet."""
+
+    def __init__(self, layout, config=TemporalConfig(), ops=nn, train_frames=None, modes=("keyframe",)):
+        super().__init__()
+        self.layout = layout
+        self.config = config
+        self.train_frames = train_frames  # None: not trained yet, any length goes
+        self.modes = tuple(modes)
+        self.layers = nn.ModuleDict({site.key: self._build(site, config, ops) for site in layout.sites})
+        init_weights(self)
+
+    @staticmethod
+    def _build(site, config, ops):
+        if site.kind == "res":
+            return TemporalResBlock(site.channels, site.emb_channels, config, ops)
+        return TemporalAttentionBlock(site.channels, site.heads, site.head_dim, site.context_dim, config, ops)
+
+    def by_site(self):
+        """Spatial-layer path -> the temporal layer that follows it."""
+        return {site.path: self.layers[site.key] for site in self.layout.sites}
+
+    def alphas(self):
+        return {site.path: self.layers[site.key].merge.alpha.item() for site in self.layout.sites}
