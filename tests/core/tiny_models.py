@@ -1,0 +1,31 @@
+"""Tiny models and data that the core tests build."""
+
+import torch
+
+from vldm_core.temporal import TemporalLayers
+from vldm_core.unet import UNetConfig, UNetModel
+from vldm_core.unet_layout import find_layout
+
+TINY = UNetConfig(model_channels=32, channel_mult=(1, 2), head_dim=16, context_dim=24)
+
+
+def tiny_unet(config=TINY, seed=0):
+    torch.manual_seed(seed)
+    return UNetModel(config).eval()
+
+
+def perturb(layers, seed=1, std=0.05):
+    """Stand-in for trained weights: non-zero last projections, so temporal layers act."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in layers.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * std)
+    return layers
+
+
+def video_batch(frames=6, size=8, config=TINY, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(frames, config.in_channels, size, size, generator=g)
+    t = torch.full((frames,), 400)
+    context = torch.randn(1, 5, config.context_dim, generator=g).expand(frames, -1, -1)
+    return x, t, context
