@@ -3,7 +3,16 @@
 ComfyUI is imported once per test session, in this process: ``--cpu`` is set
 before ``comfy.model_management`` loads, the pack is loaded the way ComfyUI
 loads any custom node (from a ``custom_nodes`` folder), and prompts run through
-``execution.validate_prompt`` and ``PromptExecutor``.
+``execution.validate_prompt`` and one ``PromptExecutor`` with ComfyUI's default
+(CLASSIC) cache, kept across prompts as a running server keeps it.
+
+Test-only nodes stand in for the parts a test cannot ship (a checkpoint, a
+text encoder, a way to read a result back):
+
+* ``VLDMTest_TinyModel``: a tiny random SD1.x-layout MODEL (a real
+  ``comfy.model_base.BaseModel`` in a ``ModelPatcher``) and two CONDITIONINGs;
+* ``VLDMTest_CaptureLatent``: an output node that stores its LATENT in
+  ``Comfy.captured[key]``.
 """
 
 import asyncio
@@ -17,6 +26,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PACK_NAME = "ComfyUI-VideoLDM"
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
+CLIENT_ID = "vldm-tests"
 
 if not os.path.isfile(os.path.join(COMFYUI_PATH, "comfy", "model_management.py")):
     collect_ignore_glob = ["test_*.py"]
@@ -63,10 +73,116 @@ class ServerStub:
         self.messages.append((event, data))
 
 
+# ---------------------------------------------------------------- tiny models
+
+TINY_UNET = dict(
+    model_channels=32, channel_mult=[1, 2], num_res_blocks=[1, 1], transformer_depth=[1, 1], transformer_depth_output=[1, 1, 1, 1],
+    transformer_depth_middle=1, in_channels=4, out_channels=4, num_heads=2, num_head_channels=-1, use_linear_in_transformer=False,
+    adm_in_channels=None, use_temporal_attention=False, image_size=32, use_spatial_transformer=True, legacy=False,
+)
+TOKENS = 7
+
+
+def tiny_model(context_dim=768, seed=0):
+    """A random SD1.x-layout image MODEL (15 temporal sites), small enough for the CPU."""
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+    import torch
+
+    config = comfy.supported_models.SD15(dict(TINY_UNET, context_dim=context_dim))
+    model = comfy.model_base.BaseModel(config, device="cpu")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for p in model.parameters():
+            torch.nn.init.normal_(p, std=0.05)
+    model.eval()
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def tiny_conds(context_dim=768, seed=0):
+    """(positive, negative) CONDITIONINGs as a text encoder would give them."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed + 1000)
+    positive = [[torch.randn(1, TOKENS, context_dim, generator=g), {}]]
+    negative = [[torch.randn(1, TOKENS, context_dim, generator=g) * 0.1, {}]]
+    return positive, negative
+
+
+class TinyModelLoader:
+    """Test-only loader: stands in for a checkpoint loader plus CLIP Text Encode."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
+            "context_dim": ("INT", {"default": 768, "min": 8, "max": 4096}),
+        }}
+
+    RETURN_TYPES = ("MODEL", "CONDITIONING", "CONDITIONING")
+    RETURN_NAMES = ("model", "positive", "negative")
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, seed, context_dim):
+        return (tiny_model(context_dim, seed), *tiny_conds(context_dim, seed))
+
+
+class CaptureLatent:
+    """Test-only output node: keeps the LATENT it gets in ``CaptureLatent.captured[key]``."""
+
+    captured = {}
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",), "key": ("STRING", {"default": "out"})}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "capture"
+    OUTPUT_NODE = True
+    CATEGORY = "testing"
+
+    def capture(self, samples, key):
+        CaptureLatent.captured[key] = samples["samples"].clone()
+        return {}
+
+
+TEST_NODES = {"VLDMTest_TinyModel": TinyModelLoader, "VLDMTest_CaptureLatent": CaptureLatent}
+
+
+class RunResult:
+    def __init__(self, messages):
+        self.messages = messages
+
+    def events(self, name):
+        return [data for event, data in self.messages if event == name]
+
+    @property
+    def ok(self):
+        return bool(self.events("execution_success")) and not self.events("execution_error")
+
+    @property
+    def error(self):
+        """The one execution_error message's data (node_type, exception_message, ...)."""
+        errors = self.events("execution_error")
+        assert len(errors) == 1, f"expected one execution_error, got messages {[e for e, _ in self.messages]}"
+        return errors[0]
+
+    @property
+    def cached_nodes(self):
+        return set(self.events("execution_cached")[0]["nodes"])
+
+
 class Comfy:
     def __init__(self):
         sys.path.insert(0, COMFYUI_PATH)
         _tolerate_missing_torchvision_ops()
+        import torch
+
+        # The test tensors are tiny: intra-op threads only cost here, and on a shared
+        # 2-core machine their spin-waits make sampling 10-100x slower under load.
+        torch.set_num_threads(1)
         import comfy.cli_args
 
         comfy.cli_args.args.cpu = True
@@ -85,20 +201,37 @@ class Comfy:
         self.pack_dir = os.path.join(custom_nodes, PACK_NAME)
         os.symlink(REPO, self.pack_dir)
         self.loaded = asyncio.run(nodes.load_custom_node(self.pack_dir))
+        self.add_nodes(TEST_NODES)
+        # One executor for the session, as ComfyUI's prompt worker has, with its default cache.
+        self.server = ServerStub()
+        self.executor = execution.PromptExecutor(self.server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
+        self.captured = CaptureLatent.captured
+
+    tiny_model = staticmethod(tiny_model)
+    tiny_conds = staticmethod(tiny_conds)
 
     def add_nodes(self, mapping):
         self.nodes.NODE_CLASS_MAPPINGS.update(mapping)
 
+    def module(self, name):
+        """The pack's own loaded module ``name`` (e.g. "nodes.comfy_bridge"): ComfyUI
+        names a custom node package after its path, so its modules are not importable by name."""
+        return sys.modules[f"{self.pack_dir.replace('.', '_x_')}.{name}"]
+
+    @property
+    def temporal_layers_dir(self):
+        return self.folder_paths.get_folder_paths("temporal_layers")[0]
+
     def run(self, prompt):
-        """Validate and execute an API-format prompt; returns (executor, server stub)."""
+        """Validate and execute an API-format prompt on the session's executor, as
+        a client with an id does; returns a RunResult of the messages sent to it."""
         prompt_id = str(uuid.uuid4())
         valid = asyncio.run(self.execution.validate_prompt(prompt_id, prompt, None))
         if not valid[0]:
             raise AssertionError(f"prompt invalid: {valid[1]} {valid[3]}")
-        server = ServerStub()
-        executor = self.execution.PromptExecutor(server, cache_type=self.execution.CacheType.NONE if hasattr(self.execution, "CacheType") else False)
-        executor.execute(prompt, prompt_id, {}, valid[2])
-        return executor, server
+        self.server.messages = []
+        self.executor.execute(prompt, prompt_id, {"client_id": CLIENT_ID}, valid[2])
+        return RunResult(list(self.server.messages))
 
 
 @pytest.fixture(scope="session")
