@@ -6,6 +6,7 @@ into the UNet's blocks when the clone is loaded and ejected when it is not, and
 the UNet hands them control through the forward-timestep-embed patch.
 """
 
+import math
 import os
 
 import comfy.model_base
@@ -46,6 +47,17 @@ def _run_temporal_layer(layer, x, emb, context, transformer_options, *unused):
     return layer(x, emb, context, frames_per_forward(x, transformer_options))
 
 
+# ComfyUI reserves memory for the image UNet's activations only; the temporal
+# layers add their own attention and feed-forward activations at every
+# resolution. Reserve as if the batch held this many times the frames.
+TEMPORAL_ACTIVATION_FACTOR = 1.5
+
+
+def _reserve_temporal_activations(executor, model, noise_shape, *args, **kwargs):
+    noise_shape = [math.ceil(noise_shape[0] * TEMPORAL_ACTIVATION_FACTOR)] + list(noise_shape[1:])
+    return executor(model, noise_shape, *args, **kwargs)
+
+
 def unet_of(model):
     return model.model.diffusion_model
 
@@ -84,6 +96,7 @@ def with_temporal_layers(model, layers: TemporalLayers):
         [comfy.patcher_extension.PatcherInjection(inject=lambda mp: inject(unet_of(mp), sites), eject=lambda mp: eject(unet_of(mp)))],
     )
     patched.set_model_forward_timestep_embed_patch((TemporalLayer, _run_temporal_layer))
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, KEY, _reserve_temporal_activations)
     return patched
 
 

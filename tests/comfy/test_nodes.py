@@ -370,3 +370,16 @@ def test_errors_reach_the_client(comfy, layer_files, case):
     assert error["node_type"] == node_type
     for phrase in phrases:
         assert phrase in error["exception_message"], error["exception_message"]
+
+
+def test_memory_reservation_counts_the_temporal_activations(bridge, layer_files, tiny_model, sample, monkeypatch):
+    import comfy.model_management as mm
+
+    reserved = []
+    real = mm.load_models_gpu
+    monkeypatch.setattr(mm, "load_models_gpu", lambda models, memory_required=0, *a, **k: reserved.append(memory_required) or real(models, memory_required, *a, **k))
+    image = tiny_model(seed=4)
+    sample(image)
+    sample(trained_video_model(bridge, image, layer_files))
+    image_bytes, video_bytes = reserved
+    assert video_bytes == pytest.approx(image_bytes * bridge.TEMPORAL_ACTIVATION_FACTOR, rel=0.05)
