@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import rearrange, repeat
 from torch import nn
 
 
@@ -71,10 +71,18 @@ class AlphaMerge(nn.Module):
     def alpha(self):
         return torch.sigmoid(self.mix_factor)
 
+    def weight_of_temporal(self, like):
+        alpha = torch.sigmoid(self.mix_factor.to(device=like.device, dtype=torch.float32)).to(like.dtype)
+        return 1 - alpha
+
     def forward(self, z_spatial, z_temporal):
-        alpha = torch.sigmoid(self.mix_factor.to(device=z_spatial.device, dtype=torch.float32)).to(z_spatial.dtype)
         # Written as z_s + (1 - a)(z_t - z_s): equal to a*z_s + (1-a)*z_t, and exactly z_s when z_t == z_s.
-        return z_spatial + (1 - alpha) * (z_temporal - z_spatial)
+        return z_spatial + self.weight_of_temporal(z_spatial) * (z_temporal - z_spatial)
+
+    def residual(self, z_spatial, delta):
+        """``forward(z_spatial, z_spatial + delta)`` in one pass over memory:
+        z_s + (1 - a) * delta, exactly z_s when delta is zero or a is one."""
+        return torch.addcmul(z_spatial, delta, self.weight_of_temporal(z_spatial))
 
 
 class TemporalLayer(nn.Module):
@@ -102,10 +110,12 @@ class TemporalResBlock(TemporalLayer):
         nn.init.zeros_(self.conv2.bias)
 
     def forward(self, z, emb, context, frames):
-        h = self.conv1(F.silu(self.norm1(to_video(z, frames))))
+        # Channels-last frames are channels-last videos without a copy, the
+        # layout in which oneDNN runs the (3, 1, 1) convolutions fastest.
+        h = self.conv1(F.silu(self.norm1(to_video(z.contiguous(memory_format=torch.channels_last), frames))))
         h = h + rearrange(self.emb_proj(F.silu(emb)), "(b t) c -> b c t 1 1", t=frames)
         h = self.conv2(F.silu(self.norm2(h)))
-        return self.merge(z, z + to_frames(h))
+        return self.merge.residual(z, to_frames(h))
 
 
 class Attention(nn.Module):
@@ -149,21 +159,28 @@ class TemporalAttentionBlock(TemporalLayer):
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
 
+    def frame_code(self, frames, like):
+        """The learned code of each frame's position, ``(t, inner)``."""
+        positions = torch.arange(frames, device=like.device)
+        return self.frame_pos(sinusoidal_embedding(positions, like.shape[-1]).to(like.dtype))
+
+    def attend_across_frames(self, x, frames):
+        """Self-attention along t at each position of frame-major tokens ``(b t) n c``."""
+        by_position = rearrange(x, "(b t) n c -> (b n) t c", t=frames).contiguous()
+        return rearrange(self.self_attn(by_position), "(b n) t c -> (b t) n c", n=x.shape[1])
+
     def forward(self, z, emb, context, frames):
         height, width = z.shape[-2:]
-        x = self.proj_in(rearrange(self.norm(z), "(b t) c h w -> (b h w) t c", t=frames))
-        positions = torch.arange(frames, device=z.device)
-        x = x + self.frame_pos(sinusoidal_embedding(positions, x.shape[-1]).to(x.dtype))
-        x = x + self.self_attn(self.norm_self(x))
+        # Tokens stay frame-major, (b t) (h w) c, as in the spatial transformer:
+        # cross-attention, feed-forward and projections run on contiguous rows,
+        # and only the self-attention regroups them by position.
+        x = self.proj_in(rearrange(self.norm(z), "bt c h w -> bt (h w) c"))
+        x = x + repeat(self.frame_code(frames, x), "t c -> (b t) 1 c", b=x.shape[0] // frames)
+        x = x + self.attend_across_frames(self.norm_self(x), frames)
         if hasattr(self, "cross_attn"):
-            # Cross-attention treats every query alone, so frame-major tokens can
-            # attend to their own frame's prompt without repeating it per pixel.
-            x = rearrange(x, "(b h w) t c -> (b t) (h w) c", h=height, w=width)
             x = x + self.cross_attn(self.norm_cross(x), context)
-            x = rearrange(x, "(b t) (h w) c -> (b h w) t c", t=frames, h=height)
         x = x + self.ff(self.norm_ff(x))
-        z_temporal = z + rearrange(self.proj_out(x), "(b h w) t c -> (b t) c h w", h=height, w=width)
-        return self.merge(z, z_temporal)
+        return self.merge.residual(z, rearrange(self.proj_out(x), "bt (h w) c -> bt c h w", h=height, w=width))
 
 
 def init_weights(module):
