@@ -71,18 +71,12 @@ class AlphaMerge(nn.Module):
     def alpha(self):
         return torch.sigmoid(self.mix_factor)
 
-    def weight_of_temporal(self, like):
-        alpha = torch.sigmoid(self.mix_factor.to(device=like.device, dtype=torch.float32)).to(like.dtype)
-        return 1 - alpha
-
-    def forward(self, z_spatial, z_temporal):
-        # Written as z_s + (1 - a)(z_t - z_s): equal to a*z_s + (1-a)*z_t, and exactly z_s when z_t == z_s.
-        return z_spatial + self.weight_of_temporal(z_spatial) * (z_temporal - z_spatial)
-
-    def residual(self, z_spatial, delta):
-        """``forward(z_spatial, z_spatial + delta)`` in one pass over memory:
-        z_s + (1 - a) * delta, exactly z_s when delta is zero or a is one."""
-        return torch.addcmul(z_spatial, delta, self.weight_of_temporal(z_spatial))
+    def forward(self, z_spatial, temporal_residual):
+        """Every temporal branch is residual, z_t = z_s + r, so
+        a*z_s + (1-a)*z_t = z_s + (1-a)*r: one pass over memory, and exactly z_s
+        when r is zero (a fresh layer) or a is one."""
+        alpha = torch.sigmoid(self.mix_factor.to(device=z_spatial.device, dtype=torch.float32)).to(z_spatial.dtype)
+        return torch.addcmul(z_spatial, temporal_residual, 1 - alpha)
 
 
 class TemporalLayer(nn.Module):
@@ -110,12 +104,10 @@ class TemporalResBlock(TemporalLayer):
         nn.init.zeros_(self.conv2.bias)
 
     def forward(self, z, emb, context, frames):
-        # Channels-last frames are channels-last videos without a copy, the
-        # layout in which oneDNN runs the (3, 1, 1) convolutions fastest.
-        h = self.conv1(F.silu(self.norm1(to_video(z.contiguous(memory_format=torch.channels_last), frames))))
+        h = self.conv1(F.silu(self.norm1(to_video(z, frames))))
         h = h + rearrange(self.emb_proj(F.silu(emb)), "(b t) c -> b c t 1 1", t=frames)
         h = self.conv2(F.silu(self.norm2(h)))
-        return self.merge.residual(z, to_frames(h))
+        return self.merge(z, to_frames(h))
 
 
 class Attention(nn.Module):
@@ -165,7 +157,8 @@ class TemporalAttentionBlock(TemporalLayer):
         return self.frame_pos(sinusoidal_embedding(positions, like.shape[-1]).to(like.dtype))
 
     def attend_across_frames(self, x, frames):
-        """Self-attention along t at each position of frame-major tokens ``(b t) n c``."""
+        """Self-attention along t at each position of frame-major tokens ``(b t) n c``.
+        One copy regroups the tokens by position; q, k and v then read contiguous rows."""
         by_position = rearrange(x, "(b t) n c -> (b n) t c", t=frames).contiguous()
         return rearrange(self.self_attn(by_position), "(b n) t c -> (b t) n c", n=x.shape[1])
 
@@ -180,7 +173,7 @@ class TemporalAttentionBlock(TemporalLayer):
         if hasattr(self, "cross_attn"):
             x = x + self.cross_attn(self.norm_cross(x), context)
         x = x + self.ff(self.norm_ff(x))
-        return self.merge.residual(z, rearrange(self.proj_out(x), "bt (h w) c -> bt c h w", h=height, w=width))
+        return self.merge(z, rearrange(self.proj_out(x), "bt (h w) c -> bt c h w", h=height, w=width))
 
 
 def init_weights(module):

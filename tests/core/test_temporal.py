@@ -67,7 +67,7 @@ def test_alpha_is_sigmoid_of_mix_factor_and_blends_linearly():
     block = TemporalResBlock(32, 16, TemporalConfig(alpha_init=0.25))
     assert block.merge.alpha.item() == pytest.approx(0.25)
     z_s, z_t = torch.randn(2, 32, 4, 4), torch.randn(2, 32, 4, 4)
-    assert torch.allclose(block.merge(z_s, z_t), 0.25 * z_s + 0.75 * z_t, atol=1e-6)
+    assert torch.allclose(block.merge(z_s, z_t - z_s), 0.25 * z_s + 0.75 * z_t, atol=1e-6)
 
 
 def test_training_moves_only_temporal_parameters(unet, layers):
