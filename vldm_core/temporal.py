@@ -10,7 +10,7 @@ unfolds again. Its output is merged with the spatial output it follows,
 and the last projection of every temporal branch starts at zero, so a freshly
 built video model computes exactly what the image model computes.
 
-``ops`` is any namespace with ``Linear``, ``Conv3d``, ``GroupNorm`` and
+``ops`` is any namespace with ``Linear``, ``Conv2d``, ``GroupNorm`` and
 ``LayerNorm`` (``torch.nn`` by default; ComfyUI passes its casting ops so that
 low-VRAM loading works). Weights are initialised here, never by the ops.
 """
@@ -25,11 +25,14 @@ from torch import nn
 
 
 def to_video(z, frames):
-    return rearrange(z, "(b t) c h w -> b c t h w", t=frames)
+    """Frames to videos, with the pixels of a frame on one axis: a (3, 1, 1)
+    convolution over (t, h, w) is then a (3, 1) convolution over (t, hw), which
+    runs on PyTorch's faster 2D kernels."""
+    return rearrange(z, "(b t) c h w -> b c t (h w)", t=frames)
 
 
-def to_frames(z):
-    return rearrange(z, "b c t h w -> (b t) c h w")
+def to_frames(video, width):
+    return rearrange(video, "b c t (h w) -> (b t) c h w", w=width)
 
 
 def sinusoidal_embedding(positions, dim, max_period=10000.0):
@@ -45,7 +48,7 @@ class TemporalConfig:
     """Hyper-parameters that, with a UNet layout, fix every temporal weight's shape."""
 
     alpha_init: float = 0.5  # merge weight of the spatial path before training; < 1 so the temporal path gets gradients
-    text_cross_attention: bool = True  # temporal blocks also attend to the prompt, as in the authors' successor code
+    text_cross_attention: bool = False  # the paper attends across frames only; SVD's successor code also attends to the prompt
     ff_mult: int = 4
     norm_groups: int = 32
 
@@ -88,15 +91,16 @@ class TemporalLayer(nn.Module):
 
 
 class TemporalResBlock(TemporalLayer):
-    """A residual block of (3, 1, 1) convolutions over time, after a spatial ResBlock."""
+    """A residual block of (3, 1, 1) convolutions over time, after a spatial ResBlock
+    (held as (3, 1) convolutions over (t, hw): the same weights and arithmetic)."""
 
     def __init__(self, channels, emb_channels, config, ops=nn):
         super().__init__()
         self.norm1 = ops.GroupNorm(config.norm_groups, channels)
-        self.conv1 = ops.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))
+        self.conv1 = ops.Conv2d(channels, channels, (3, 1), padding=(1, 0))
         self.emb_proj = ops.Linear(emb_channels, channels)
         self.norm2 = ops.GroupNorm(config.norm_groups, channels)
-        self.conv2 = ops.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))
+        self.conv2 = ops.Conv2d(channels, channels, (3, 1), padding=(1, 0))
         self.merge = AlphaMerge(config.alpha_init)
 
     def zero_init_last(self):
@@ -105,9 +109,9 @@ class TemporalResBlock(TemporalLayer):
 
     def forward(self, z, emb, context, frames):
         h = self.conv1(F.silu(self.norm1(to_video(z, frames))))
-        h = h + rearrange(self.emb_proj(F.silu(emb)), "(b t) c -> b c t 1 1", t=frames)
+        h = h + rearrange(self.emb_proj(F.silu(emb)), "(b t) c -> b c t 1", t=frames)
         h = self.conv2(F.silu(self.norm2(h)))
-        return self.merge(z, to_frames(h))
+        return self.merge(z, to_frames(h, z.shape[-1]))
 
 
 class Attention(nn.Module):
@@ -183,7 +187,7 @@ def init_weights(module):
         if isinstance(m, (nn.GroupNorm, nn.LayerNorm)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.Linear, nn.Conv3d, nn.Conv2d)):
+        elif isinstance(m, (nn.Linear, nn.Conv2d)):
             nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5))
             if m.bias is not None:
                 fan_in = m.weight[0].numel()
