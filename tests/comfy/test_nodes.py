@@ -383,3 +383,37 @@ def test_memory_reservation_counts_the_temporal_activations(bridge, layer_files,
     sample(trained_video_model(bridge, image, layer_files))
     image_bytes, video_bytes = reserved
     assert video_bytes == pytest.approx(image_bytes * bridge.TEMPORAL_ACTIVATION_FACTOR, rel=0.05)
+
+
+def test_keyframe_sampler_reports_progress_per_step(comfy, layer_files):
+    from comfy import utils as comfy_utils
+
+    updates = []
+    comfy_utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None, **kw: updates.append((node_id, value, total)))
+    try:
+        result = comfy.run({"1": loader(seed=3), "2": patcher(["1", 0], layer_files[0]), "3": keyframes(["2", 0]), "4": capture(["3", 0], key("progress"))})
+    finally:
+        comfy_utils.set_progress_bar_global_hook(None)
+    assert result.ok, result.messages
+    assert [(value, total) for _, value, total in updates] == [(step, STEPS) for step in range(1, STEPS + 1)]
+
+
+def test_cancel_stops_sampling_inside_the_temporal_layers(bridge, layer_files, tiny_model, sample, monkeypatch):
+    import comfy.model_management as mm
+
+    video_model = trained_video_model(bridge, tiny_model(seed=5), layer_files)
+    calls = []
+    real_forward = bridge.TemporalLayer.__call__
+
+    def cancel_on_first_temporal_layer(layer, *args, **kwargs):
+        calls.append(layer)
+        mm.interrupt_current_processing(True)  # the user presses Cancel while the video layers run
+        return real_forward(layer, *args, **kwargs)
+
+    monkeypatch.setattr(bridge.TemporalLayer, "__call__", cancel_on_first_temporal_layer)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            sample(video_model)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert len(calls) == 1, "sampling must stop at the next layer, not finish the step"
