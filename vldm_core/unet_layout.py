@@ -39,14 +39,6 @@ class InsertionSite:
         """The name in a ModuleDict, which forbids dots."""
         return self.path.replace(".", "_")
 
-    @property
-    def block_path(self):
-        return self.path.rsplit(".", 1)[0]
-
-    @property
-    def child(self):
-        return self.path.rsplit(".", 1)[1]
-
 
 @dataclass(frozen=True)
 class UNetLayout:
