@@ -64,7 +64,7 @@ def main():
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=32, help="latent height and width")
     parser.add_argument("--channels", type=int, default=64, help="the UNet's model_channels")
-    parser.add_argument("--repeats", type=int, default=9, help="timed forward pairs, after 2 warm-up pairs")
+    parser.add_argument("--repeats", type=int, default=15, help="timed forward pairs, after 2 warm-up pairs")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

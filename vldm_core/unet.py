@@ -59,13 +59,25 @@ class CrossAttention(Attention):
         self.dim_head = dim_head
 
 
+class GEGLU(nn.Module):
+    """SD's gated feed-forward input: GELU(gate) * value."""
+
+    def __init__(self, dim, inner):
+        super().__init__()
+        self.proj = nn.Linear(dim, inner * 2)
+
+    def forward(self, x):
+        value, gate = self.proj(x).chunk(2, dim=-1)
+        return value * F.gelu(gate)
+
+
 class BasicTransformerBlock(nn.Module):
     def __init__(self, dim, heads, head_dim, context_dim):
         super().__init__()
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.attn1 = CrossAttention(dim, heads, head_dim)
         self.attn2 = CrossAttention(dim, heads, head_dim, context_dim)
-        self.ff = nn.Sequential(nn.Linear(dim, dim * 4), nn.GELU(), nn.Linear(dim * 4, dim))
+        self.ff = nn.Sequential(GEGLU(dim, dim * 4), nn.Linear(dim * 4, dim))
 
     def forward(self, x, context):
         x = x + self.attn1(self.norm1(x))
