@@ -51,6 +51,7 @@ class TemporalConfig:
     text_cross_attention: bool = False  # the paper attends across frames only; SVD's successor code also attends to the prompt
     ff_mult: int = 4
     norm_groups: int = 32
+    context_latent_channels: int = 0  # > 0: res blocks take masked context frames c_S (prediction / interpolation models)
 
     def to_dict(self):
         return asdict(self)
@@ -84,7 +85,8 @@ class AlphaMerge(nn.Module):
 
 class TemporalLayer(nn.Module):
     """Base of the layers inserted after spatial blocks; a UNet calls them as
-    ``layer(z, emb, context, frames)``."""
+    ``layer(z, emb, context, frames, masked_context)``, the last being
+    ``c_S = (m * z, m)`` at latent resolution or None (see masking.py)."""
 
     def zero_init_last(self):
         raise NotImplementedError
@@ -102,13 +104,28 @@ class TemporalResBlock(TemporalLayer):
         self.norm2 = ops.GroupNorm(config.norm_groups, channels)
         self.conv2 = ops.Conv2d(channels, channels, (3, 1), padding=(1, 0))
         self.merge = AlphaMerge(config.alpha_init)
+        if config.context_latent_channels:
+            # The learned downsampling of c_S (Fig. 4): resized to this layer's
+            # resolution, then a convolution, added to the temporal conv's input.
+            self.context_proj = ops.Conv2d(config.context_latent_channels + 1, channels, 3, padding=1)
 
     def zero_init_last(self):
-        nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
+        for last in (self.conv2, getattr(self, "context_proj", None)):
+            if last is not None:
+                nn.init.zeros_(last.weight)
+                nn.init.zeros_(last.bias)
 
-    def forward(self, z, emb, context, frames):
-        h = self.conv1(F.silu(self.norm1(to_video(z, frames))))
+    def encode_context(self, masked_context, z, frames):
+        if not hasattr(self, "context_proj"):
+            raise ValueError("these temporal layers were not trained with context frames (prediction / interpolation); use layers trained for that mode")
+        resized = F.interpolate(masked_context.to(z.dtype), size=z.shape[-2:], mode="area")
+        return to_video(self.context_proj(resized), frames)
+
+    def forward(self, z, emb, context, frames, masked_context=None):
+        h = F.silu(self.norm1(to_video(z, frames)))
+        if masked_context is not None:
+            h = h + self.encode_context(masked_context, z, frames)
+        h = self.conv1(h)
         h = h + rearrange(self.emb_proj(F.silu(emb)), "(b t) c -> b c t 1", t=frames)
         h = self.conv2(F.silu(self.norm2(h)))
         return self.merge(z, to_frames(h, z.shape[-1]))
@@ -166,7 +183,7 @@ class TemporalAttentionBlock(TemporalLayer):
         by_position = rearrange(x, "(b t) n c -> (b n) t c", t=frames).contiguous()
         return rearrange(self.self_attn(by_position), "(b n) t c -> (b t) n c", n=x.shape[1])
 
-    def forward(self, z, emb, context, frames):
+    def forward(self, z, emb, context, frames, masked_context=None):
         height, width = z.shape[-2:]
         # Tokens stay frame-major, (b t) (h w) c, as in the spatial transformer:
         # cross-attention, feed-forward and projections run on contiguous rows,

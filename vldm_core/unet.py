@@ -123,14 +123,14 @@ class Upsample(nn.Module):
 class TimestepEmbedSequential(nn.Sequential):
     """Calls each layer with what it needs; temporal layers also get the frame count."""
 
-    def forward(self, x, emb, context, frames):
+    def forward(self, x, emb, context, frames, masked_context=None):
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
             elif isinstance(layer, SpatialTransformer):
                 x = layer(x, context)
             elif isinstance(layer, TemporalLayer):
-                x = layer(x, emb, context, frames)
+                x = layer(x, emb, context, frames, masked_context)
             else:
                 x = layer(x)
         return x
@@ -173,15 +173,16 @@ class UNetModel(nn.Module):
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
         self.out = nn.Sequential(_norm(ch, groups), nn.SiLU(), nn.Conv2d(ch, config.out_channels, 3, padding=1))
 
-    def forward(self, x, timesteps, context, frames=None):
-        """``x``: ``(b t) c h w`` frames; ``frames``: t, default one video of all of x."""
+    def forward(self, x, timesteps, context, frames=None, masked_context=None):
+        """``x``: ``(b t) c h w`` frames; ``frames``: t, default one video of all of x;
+        ``masked_context``: c_S for temporal layers trained with context frames."""
         frames = frames or x.shape[0]
         emb = self.time_embed(sinusoidal_embedding(timesteps, self.config.model_channels).to(x.dtype))
         skips, h = [], x
         for block in self.input_blocks:
-            h = block(h, emb, context, frames)
+            h = block(h, emb, context, frames, masked_context)
             skips.append(h)
-        h = self.middle_block(h, emb, context, frames)
+        h = self.middle_block(h, emb, context, frames, masked_context)
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, frames)
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, frames, masked_context)
         return self.out(h)
