@@ -47,12 +47,16 @@ def spread_key_frames(keys, factor=INTERPOLATION_FACTOR):
     return frames
 
 
-def context_input(latents, mask):
-    """``c_S = (m * z, m)``: latents ``(t, c, h, w)`` and mask ``(t,)`` -> ``(t, c + 1, h, w)``."""
+def context_input(latents, mask, stage=None):
+    """``c_S = (m * z, m)``: latents ``(t, c, h, w)`` and mask ``(t,)`` -> ``(t, c + 1, h, w)``;
+    with an interpolation ``stage`` (0: T -> 4T, 1: 4T -> 16T), one more channel holding it."""
     if latents.shape[0] != mask.shape[0]:
         raise ValueError(f"mask has {mask.shape[0]} frames, latents have {latents.shape[0]}")
     m = mask.to(latents)[:, None, None, None].expand(-1, 1, *latents.shape[2:])
-    return torch.cat([m * latents, m], dim=1)
+    channels = [m * latents, m]
+    if stage is not None:
+        channels.append(torch.full_like(m, float(stage)))
+    return torch.cat(channels, dim=1)
 
 
 def interpolation_windows(key_frames, keys_per_window):

@@ -52,6 +52,11 @@ class TemporalConfig:
     ff_mult: int = 4
     norm_groups: int = 32
     context_latent_channels: int = 0  # > 0: res blocks take masked context frames c_S (prediction / interpolation models)
+    interpolation_stage: bool = False  # c_S carries a stage channel: 0 for T -> 4T, 1 for 4T -> 16T, one model for both
+
+    @property
+    def context_channels(self):
+        return self.context_latent_channels + 1 + int(self.interpolation_stage)
 
     def to_dict(self):
         return asdict(self)
@@ -107,7 +112,7 @@ class TemporalResBlock(TemporalLayer):
         if config.context_latent_channels:
             # The learned downsampling of c_S (Fig. 4): resized to this layer's
             # resolution, then a convolution, added to the temporal conv's input.
-            self.context_proj = ops.Conv2d(config.context_latent_channels + 1, channels, 3, padding=1)
+            self.context_proj = ops.Conv2d(config.context_channels, channels, 3, padding=1)
 
     def zero_init_last(self):
         for last in (self.conv2, getattr(self, "context_proj", None)):
@@ -118,6 +123,11 @@ class TemporalResBlock(TemporalLayer):
     def encode_context(self, masked_context, z, frames):
         if not hasattr(self, "context_proj"):
             raise ValueError("these temporal layers were not trained with context frames (prediction / interpolation); use layers trained for that mode")
+        if masked_context.shape[1] != self.context_proj.in_channels:
+            raise ValueError(
+                f"context frames have {masked_context.shape[1]} channels, these layers take {self.context_proj.in_channels} "
+                "(latent channels, the mask, and the interpolation stage where the layers were trained with one)"
+            )
         resized = F.interpolate(masked_context.to(z.dtype), size=z.shape[-2:], mode="area")
         return to_video(self.context_proj(resized), frames)
 

@@ -60,3 +60,28 @@ def test_layers_without_context_refuse_context_frames(unet, layers):
     x, t, context = video_batch()
     with pytest.raises(ValueError, match="not trained with context frames"):
         forward(unet, x, t, context, context_input(clean_frames(), prediction_mask(6, 1)))
+
+
+STAGED = TemporalConfig(context_latent_channels=TINY.in_channels, interpolation_stage=True)
+
+
+def test_one_interpolation_model_tells_its_two_stages_apart(unet):
+    from vldm_core.masking import interpolation_mask
+
+    x, t, context = video_batch(frames=5)
+    image = forward(unet, x, t, context, frames=5)
+    layers = TemporalLayers(find_layout(unet), STAGED)
+    inject(unet, layers.by_site())
+    keys = clean_frames()[:5]
+    stage = {s: context_input(keys, interpolation_mask(2), stage=s) for s in (0, 1)}
+    assert torch.equal(forward(unet, x, t, context, stage[0], frames=5), image)  # fresh: identity whatever the stage
+    perturb(layers)
+    first, second = (forward(unet, x, t, context, stage[s], frames=5) for s in (0, 1))
+    assert (first - second).abs().max() > 1e-3
+
+
+def test_context_without_the_stage_channel_is_refused(unet):
+    inject(unet, TemporalLayers(find_layout(unet), STAGED).by_site())
+    x, t, context = video_batch()
+    with pytest.raises(ValueError, match="context frames have 5 channels, these layers take 6"):
+        forward(unet, x, t, context, context_input(clean_frames(), prediction_mask(6, 1)))
