@@ -9,18 +9,23 @@ the UNet hands them control through the forward-timestep-embed patch.
 import math
 import os
 
+import comfy.conds
 import comfy.model_base
 import comfy.model_patcher
 import comfy.ops
 import comfy.patcher_extension
+import comfy.samplers
 import folder_paths
 import torch
 
+from ..vldm_core.guidance import context_guided
+from ..vldm_core.masking import context_input
 from ..vldm_core.temporal import TemporalLayer, TemporalLayers
 from ..vldm_core.unet_layout import eject, find_layout, inject
 from ..vldm_core.weights import load_temporal_layers
 
 KEY = "vldm_temporal_layers"
+MASKED_CONTEXT = "vldm_masked_context"  # c_S: a per-frame model cond, then a transformer option
 FOLDER = "temporal_layers"
 FRESH = "fresh (untrained, for training)"
 
@@ -44,7 +49,15 @@ def frames_per_forward(x, transformer_options):
 
 
 def _run_temporal_layer(layer, x, emb, context, transformer_options, *unused):
-    return layer(x, emb, context, frames_per_forward(x, transformer_options))
+    return layer(x, emb, context, frames_per_forward(x, transformer_options), transformer_options.get(MASKED_CONTEXT))
+
+
+def _masked_context_to_layers(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
+    """c_S reaches the UNet as a keyword its forward drops; hand it on to the temporal layers."""
+    masked_context = kwargs.pop(MASKED_CONTEXT, None)
+    if masked_context is not None:
+        transformer_options = {**transformer_options, MASKED_CONTEXT: masked_context}
+    return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
 
 
 # ComfyUI reserves memory for the image UNet's activations only; the temporal
@@ -97,6 +110,7 @@ def with_temporal_layers(model, layers: TemporalLayers):
     )
     patched.set_model_forward_timestep_embed_patch((TemporalLayer, _run_temporal_layer))
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, KEY, _reserve_temporal_activations)
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY, _masked_context_to_layers)
     return patched
 
 
@@ -113,3 +127,32 @@ def sample_frames(model, noise_seed, steps, cfg, sampler_name, scheduler, positi
         model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_frames,
         callback=latent_preview.prepare_callback(model, steps), disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=noise_seed,
     )
+
+
+def with_masked_context(conditioning, masked_context):
+    """``conditioning`` whose every entry carries c_S, batched like the frames."""
+    return [[c, {**d, "model_conds": {**d.get("model_conds", {}), MASKED_CONTEXT: comfy.conds.CONDNoiseShape(masked_context)}}] for c, d in conditioning]
+
+
+class ContextGuider(comfy.samplers.CFGGuider):
+    """Text guidance and context guidance together (vldm_core.guidance), so
+    every ComfyUI sampler and scheduler works with the masked-context models."""
+
+    def __init__(self, model_patcher, positive, negative, known, mask, cfg, context_scale, stage=None):
+        super().__init__(model_patcher)
+        with_context = context_input(model_patcher.model.process_latent_in(known), mask, stage)
+        without = context_input(torch.zeros_like(known), torch.zeros_like(mask), stage)
+        self.context_scale = context_scale
+        self.set_cfg(cfg)
+        conds = {"positive": with_masked_context(positive, with_context), "negative": with_masked_context(negative, with_context)}
+        if context_scale != 1.0:  # at s = 1 the context-free prediction cancels: skip computing it
+            conds["no_context"] = with_masked_context(negative, without)
+        self.inner_set_conds(conds)
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):
+        if self.context_scale == 1.0:
+            return super().predict_noise(x, timestep, model_options, seed)
+        plain, context_only, full = comfy.samplers.calc_cond_batch(
+            self.inner_model, [self.conds["no_context"], self.conds["negative"], self.conds["positive"]], x, timestep, model_options
+        )
+        return context_guided(plain, context_only, full, self.cfg, self.context_scale)
