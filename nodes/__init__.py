@@ -4,12 +4,13 @@ from comfy_api.latest import ComfyExtension, io
 
 from .comfy_bridge import register_model_folder
 from .keyframe_sampler import KeyframeSampler
+from .masked_predictor import MaskedPredictor
 from .temporal_patcher import TemporalUNetPatcher
 
 
 class VideoLDMExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [TemporalUNetPatcher, KeyframeSampler]
+        return [TemporalUNetPatcher, KeyframeSampler, MaskedPredictor]
 
 
 async def comfy_entrypoint() -> VideoLDMExtension:

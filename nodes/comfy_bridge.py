@@ -156,3 +156,28 @@ class ContextGuider(comfy.samplers.CFGGuider):
             self.inner_model, [self.conds["no_context"], self.conds["negative"], self.conds["positive"]], x, timestep, model_options
         )
         return context_guided(plain, context_only, full, self.cfg, self.context_scale)
+
+
+def window_sampler(model, positive, negative, noise_seed, steps, cfg, sampler_name, scheduler, context_scale):
+    """``sample_window(known, mask, **info)`` for vldm_core.rollout: one window,
+    denoised with context guidance by ComfyUI's sampler and scheduler, with
+    ComfyUI's progress bar and cancel. Each window draws its own noise."""
+    import comfy.model_management
+    import comfy.sample
+    import comfy.utils
+    import latent_preview
+
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps)
+    sampler = comfy.samplers.sampler_object(sampler_name)
+
+    def sample_window(known, mask, segment=0, stage=None):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        guider = ContextGuider(model, positive, negative, known, mask, cfg, context_scale, stage)
+        empty = torch.zeros_like(known)
+        noise = comfy.sample.prepare_noise(empty, noise_seed + segment)
+        return guider.sample(
+            noise, empty, sampler, sigmas, callback=latent_preview.prepare_callback(model, steps),
+            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=noise_seed + segment,
+        ).to(comfy.model_management.intermediate_device())
+
+    return sample_window

@@ -1,0 +1,54 @@
+import comfy.model_management
+import comfy.samplers
+from comfy_api.latest import io
+
+from ..vldm_core.rollout import predict_segments
+from .comfy_bridge import temporal_layers_of, window_sampler
+
+
+def prediction_layers(model):
+    layers = temporal_layers_of(model)
+    if layers is None:
+        raise ValueError("this MODEL has no Video LDM temporal layers: pass it through Temporal UNet Patcher with a prediction-model file first")
+    if "prediction" not in layers.modes or not layers.config.context_latent_channels:
+        raise ValueError(f"these temporal layers were trained for {', '.join(layers.modes)}, not prediction: load a temporal-layer file trained as a prediction model")
+    if layers.train_frames is None:
+        raise ValueError("fresh temporal layers have no trained window length: load a temporal-layer file trained as a prediction model")
+    return layers
+
+
+class MaskedPredictor(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VLDM_MaskedPredictor",
+            display_name="Masked Predictor",
+            category="Video LDM",
+            description="Makes a video longer, segment by segment: each new segment is predicted from the last 1 or 2 frames of the video so far, which stay unchanged.",
+            inputs=[
+                io.Model.Input("model", tooltip="A MODEL patched with temporal layers trained for prediction."),
+                io.Conditioning.Input("positive"),
+                io.Conditioning.Input("negative"),
+                io.Latent.Input("video", tooltip="The video so far, e.g. from the Keyframe Sampler."),
+                io.Int.Input("segments", default=2, min=1, max=1000, tooltip="How many new segments to add; each adds (window - context_frames) frames."),
+                io.Int.Input("context_frames", default=2, min=1, max=2, tooltip="How many frames of the video so far each segment continues from."),
+                io.Float.Input("context_guidance", default=1.0, min=0.0, max=10.0, step=0.1, tooltip="s in f(z) + s (f(z; c) - f(z)); above 1 keeps long videos closer to their context."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+                io.Int.Input("steps", default=25, min=1, max=10000),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="ddim"),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="ddim_uniform"),
+            ],
+            outputs=[io.Latent.Output(display_name="LATENT", tooltip="The video followed by the new frames.")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, video, segments, context_frames, context_guidance, seed, steps, cfg, sampler_name, scheduler) -> io.NodeOutput:
+        layers = prediction_layers(model)
+        frames = video["samples"]
+        sample_window = window_sampler(model, positive, negative, seed, steps, cfg, sampler_name, scheduler, context_guidance)
+        longer = predict_segments(
+            frames.to(comfy.model_management.intermediate_device()), segments, layers.train_frames, context_frames, sample_window,
+            store=lambda x: x.to(comfy.model_management.intermediate_device()),
+        )
+        return io.NodeOutput({**video, "samples": longer})
