@@ -3,6 +3,7 @@
 from comfy_api.latest import ComfyExtension, io
 
 from .comfy_bridge import register_model_folder
+from .interpolator import Interpolator4x
 from .keyframe_sampler import KeyframeSampler
 from .masked_predictor import MaskedPredictor
 from .temporal_patcher import TemporalUNetPatcher
@@ -10,7 +11,7 @@ from .temporal_patcher import TemporalUNetPatcher
 
 class VideoLDMExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [TemporalUNetPatcher, KeyframeSampler, MaskedPredictor]
+        return [TemporalUNetPatcher, KeyframeSampler, MaskedPredictor, Interpolator4x]
 
 
 async def comfy_entrypoint() -> VideoLDMExtension:

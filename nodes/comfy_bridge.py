@@ -85,6 +85,18 @@ def temporal_layers_of(model):
     return holders[0].model if holders else None
 
 
+def layers_for_mode(model, mode):
+    """The MODEL's temporal layers, checked to be trained for ``mode`` ("prediction", "interpolation")."""
+    layers = temporal_layers_of(model)
+    if layers is None:
+        raise ValueError(f"this MODEL has no Video LDM temporal layers: pass it through Temporal UNet Patcher with a file trained as a {mode} model first")
+    if mode not in layers.modes or not layers.config.context_latent_channels:
+        raise ValueError(f"these temporal layers were trained for {', '.join(layers.modes)}, not {mode}: load a temporal-layer file trained as a {mode} model")
+    if layers.train_frames is None:
+        raise ValueError(f"fresh temporal layers have no trained window length: load a temporal-layer file trained as a {mode} model")
+    return layers
+
+
 def load_layers_for(model, name):
     """Temporal layers for ``model``: fresh (identity at start) or from a file in models/temporal_layers."""
     layout = find_layout(unet_of(model))

@@ -3,18 +3,7 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from ..vldm_core.rollout import predict_segments
-from .comfy_bridge import temporal_layers_of, window_sampler
-
-
-def prediction_layers(model):
-    layers = temporal_layers_of(model)
-    if layers is None:
-        raise ValueError("this MODEL has no Video LDM temporal layers: pass it through Temporal UNet Patcher with a prediction-model file first")
-    if "prediction" not in layers.modes or not layers.config.context_latent_channels:
-        raise ValueError(f"these temporal layers were trained for {', '.join(layers.modes)}, not prediction: load a temporal-layer file trained as a prediction model")
-    if layers.train_frames is None:
-        raise ValueError("fresh temporal layers have no trained window length: load a temporal-layer file trained as a prediction model")
-    return layers
+from .comfy_bridge import layers_for_mode, window_sampler
 
 
 class MaskedPredictor(io.ComfyNode):
@@ -44,7 +33,7 @@ class MaskedPredictor(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, video, segments, context_frames, context_guidance, seed, steps, cfg, sampler_name, scheduler) -> io.NodeOutput:
-        layers = prediction_layers(model)
+        layers = layers_for_mode(model, "prediction")
         frames = video["samples"]
         sample_window = window_sampler(model, positive, negative, seed, steps, cfg, sampler_name, scheduler, context_guidance)
         longer = predict_segments(

@@ -222,6 +222,23 @@ class Comfy:
     def temporal_layers_dir(self):
         return self.folder_paths.get_folder_paths("temporal_layers")[0]
 
+    def save_trained_looking_layers(self, name, train_frames, modes, seed=0, **config):
+        """A temporal-layer file in the registered folder for the tiny model, every
+        weight moved off its initial value as training would (so the layers act)."""
+        import torch
+
+        temporal = self.module("vldm_core.temporal")
+        layout = self.module("vldm_core.unet_layout").find_layout(self.module("nodes.comfy_bridge").unet_of(tiny_model()))
+        layers = temporal.TemporalLayers(layout, temporal.TemporalConfig(**config))
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in layers.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+        self.module("vldm_core.weights").save_temporal_layers(
+            layers, os.path.join(self.temporal_layers_dir, name), train_frames=train_frames, modes=modes, prediction_type="eps", overwrite=True
+        )
+        return name
+
     def run(self, prompt):
         """Validate and execute an API-format prompt on the session's executor, as
         a client with an id does; returns a RunResult of the messages sent to it."""

@@ -1,7 +1,6 @@
 """The Masked Predictor node in a real ComfyUI: rollout length, unchanged video
 so far, and mode errors."""
 
-import os
 import uuid
 
 import pytest
@@ -14,17 +13,8 @@ KEYFRAME_ONLY = "vldm_test_keyframe_only6.safetensors"
 
 @pytest.fixture(scope="module")
 def files(comfy):
-    bridge = comfy.module("nodes.comfy_bridge")
-    temporal = comfy.module("vldm_core.temporal")
-    weights = comfy.module("vldm_core.weights")
-    layout = comfy.module("vldm_core.unet_layout").find_layout(bridge.unet_of(comfy.tiny_model()))
-    g = torch.Generator().manual_seed(0)
-    for name, config, modes in ((PREDICTION, temporal.TemporalConfig(context_latent_channels=4), ("keyframe", "prediction")), (KEYFRAME_ONLY, temporal.TemporalConfig(), ("keyframe",))):
-        layers = temporal.TemporalLayers(layout, config)
-        with torch.no_grad():
-            for p in layers.parameters():
-                p.add_(torch.randn(p.shape, generator=g) * 0.05)
-        weights.save_temporal_layers(layers, os.path.join(comfy.temporal_layers_dir, name), train_frames=WINDOW, modes=modes, prediction_type="eps", overwrite=True)
+    comfy.save_trained_looking_layers(PREDICTION, WINDOW, ("keyframe", "prediction"), context_latent_channels=4)
+    comfy.save_trained_looking_layers(KEYFRAME_ONLY, WINDOW, ("keyframe",))
 
 
 def sampler_inputs(model, seed=1):

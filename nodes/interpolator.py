@@ -1,0 +1,58 @@
+import comfy.model_management
+import comfy.samplers
+from comfy_api.latest import io
+
+from ..vldm_core.masking import INTERPOLATION_FACTOR
+from ..vldm_core.rollout import interpolate
+from .comfy_bridge import layers_for_mode, window_sampler
+
+MULTIPLIERS = {"4": 1, "16": 2}  # passes of the 4x model
+
+
+def keys_per_window(train_frames):
+    """The most key frames whose 4N - 3 frames fit the window the layers were trained on."""
+    keys = (train_frames - 1) // INTERPOLATION_FACTOR + 1
+    if keys < 2:
+        raise ValueError(f"these layers were trained on {train_frames} frames; interpolation needs windows of at least 5 (2 key frames and 3 between)")
+    return keys
+
+
+class Interpolator4x(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VLDM_Interpolator4x",
+            display_name="4x Interpolator",
+            category="Video LDM",
+            description="Fills 3 frames between each pair of key frames (N -> 4N - 3), or does it twice for 16x; key frames stay unchanged in their places.",
+            inputs=[
+                io.Model.Input("model", tooltip="A MODEL patched with temporal layers trained for interpolation."),
+                io.Conditioning.Input("positive"),
+                io.Conditioning.Input("negative"),
+                io.Latent.Input("key_frames", tooltip="Key frames, e.g. from the Keyframe Sampler or the Masked Predictor."),
+                io.Combo.Input("multiplier", options=list(MULTIPLIERS), default="4", tooltip="4: N -> 4N - 3 frames; 16: two passes, N -> 16N - 15."),
+                io.Float.Input("context_guidance", default=1.0, min=0.0, max=10.0, step=0.1, tooltip="Guidance towards the key frames; 1 is plain conditioning."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+                io.Int.Input("steps", default=25, min=1, max=10000),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="ddim"),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="ddim_uniform"),
+            ],
+            outputs=[io.Latent.Output(display_name="LATENT", tooltip="The denser video; its frame_rate, where known, is multiplied.")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, key_frames, multiplier, context_guidance, seed, steps, cfg, sampler_name, scheduler) -> io.NodeOutput:
+        if multiplier not in MULTIPLIERS:
+            raise ValueError(f"multiplier {multiplier!r}: choose 4 (one pass) or 16 (two passes)")
+        layers = layers_for_mode(model, "interpolation")
+        per_window = keys_per_window(layers.train_frames)
+        store = lambda x: x.to(comfy.model_management.intermediate_device())  # noqa: E731
+        video = store(key_frames["samples"])
+        for stage in range(MULTIPLIERS[multiplier]):
+            sample_window = window_sampler(model, positive, negative, seed + stage, steps, cfg, sampler_name, scheduler, context_guidance)
+            video = interpolate(video, per_window, sample_window, stage=stage if layers.config.interpolation_stage else None, store=store)
+        out = {**key_frames, "samples": video}
+        if "frame_rate" in key_frames:
+            out["frame_rate"] = key_frames["frame_rate"] * INTERPOLATION_FACTOR ** MULTIPLIERS[multiplier]
+        return io.NodeOutput(out)
