@@ -1,10 +1,10 @@
 import comfy.model_management
-import comfy.samplers
 from comfy_api.latest import io
 
 from ..vldm_core.masking import INTERPOLATION_FACTOR
 from ..vldm_core.rollout import interpolate
 from .comfy_bridge import layers_for_mode, window_sampler
+from .sampler_inputs import sampler_inputs
 
 MULTIPLIERS = {"4": 1, "16": 2}  # passes of the 4x model
 
@@ -32,11 +32,7 @@ class Interpolator4x(io.ComfyNode):
                 io.Latent.Input("key_frames", tooltip="Key frames, e.g. from the Keyframe Sampler or the Masked Predictor."),
                 io.Combo.Input("multiplier", options=list(MULTIPLIERS), default="4", tooltip="4: N -> 4N - 3 frames; 16: two passes, N -> 16N - 15."),
                 io.Float.Input("context_guidance", default=1.0, min=0.0, max=10.0, step=0.1, tooltip="Guidance towards the key frames; 1 is plain conditioning."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
-                io.Int.Input("steps", default=25, min=1, max=10000),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01),
-                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="ddim"),
-                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="ddim_uniform"),
+                *sampler_inputs(),
             ],
             outputs=[io.Latent.Output(display_name="LATENT", tooltip="The denser video; its frame_rate, where known, is multiplied.")],
         )

@@ -1,10 +1,10 @@
 import comfy.model_management
-import comfy.samplers
 import nodes
 import torch
 from comfy_api.latest import io
 
 from .comfy_bridge import sample_frames, temporal_layers_of
+from .sampler_inputs import sampler_inputs
 
 
 def check_frame_count(model, frames):
@@ -39,11 +39,7 @@ class KeyframeSampler(io.ComfyNode):
                 io.Int.Input("frames", default=16, min=1, max=1024, tooltip="Number of key frames; at most what the temporal layers were trained on."),
                 io.Int.Input("width", default=512, min=16, max=nodes.MAX_RESOLUTION, step=8, tooltip="Frame width in pixels (multiple of 8)."),
                 io.Int.Input("height", default=320, min=16, max=nodes.MAX_RESOLUTION, step=8, tooltip="Frame height in pixels (multiple of 8)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip="Seed of the initial noise."),
-                io.Int.Input("steps", default=25, min=1, max=10000, tooltip="Denoising steps."),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Text guidance scale."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="ddim", tooltip="Any ComfyUI sampler; the paper uses DDIM."),
-                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="ddim_uniform", tooltip="Any ComfyUI scheduler."),
+                *sampler_inputs(),
             ],
             outputs=[io.Latent.Output(display_name="LATENT", tooltip="The key frames, one latent per frame in the batch axis.")],
         )

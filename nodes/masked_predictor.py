@@ -1,9 +1,9 @@
 import comfy.model_management
-import comfy.samplers
 from comfy_api.latest import io
 
 from ..vldm_core.rollout import predict_segments
 from .comfy_bridge import layers_for_mode, window_sampler
+from .sampler_inputs import sampler_inputs
 
 
 class MaskedPredictor(io.ComfyNode):
@@ -22,11 +22,7 @@ class MaskedPredictor(io.ComfyNode):
                 io.Int.Input("segments", default=2, min=1, max=1000, tooltip="How many new segments to add; each adds (window - context_frames) frames."),
                 io.Int.Input("context_frames", default=2, min=1, max=2, tooltip="How many frames of the video so far each segment continues from."),
                 io.Float.Input("context_guidance", default=1.0, min=0.0, max=10.0, step=0.1, tooltip="s in f(z) + s (f(z; c) - f(z)); above 1 keeps long videos closer to their context."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
-                io.Int.Input("steps", default=25, min=1, max=10000),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01),
-                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="ddim"),
-                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="ddim_uniform"),
+                *sampler_inputs(),
             ],
             outputs=[io.Latent.Output(display_name="LATENT", tooltip="The video followed by the new frames.")],
         )
