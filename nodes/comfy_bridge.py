@@ -182,14 +182,14 @@ def window_sampler(model, positive, negative, noise_seed, steps, cfg, sampler_na
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps)
     sampler = comfy.samplers.sampler_object(sampler_name)
 
-    def sample_window(known, mask, segment=0, stage=None):
+    def sample_window(known, mask, index=0, stage=None):
         comfy.model_management.throw_exception_if_processing_interrupted()
         guider = ContextGuider(model, positive, negative, known, mask, cfg, context_scale, stage)
         empty = torch.zeros_like(known)
-        noise = comfy.sample.prepare_noise(empty, noise_seed + segment)
+        noise = comfy.sample.prepare_noise(empty, noise_seed + index)
         return guider.sample(
             noise, empty, sampler, sigmas, callback=latent_preview.prepare_callback(model, steps),
-            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=noise_seed + segment,
+            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=noise_seed + index,
         ).to(comfy.model_management.intermediate_device())
 
     return sample_window

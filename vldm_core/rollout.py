@@ -1,8 +1,8 @@
 """Long and dense videos from a model that sees one window of frames at a time.
 
-Both loops are written against ``sample_window(known, mask, **info)``, which
-denoises one window given ``c_S = (mask * known, mask)`` and returns the window's
-latents; the node layer supplies it (ComfyUI's samplers), tests supply small
+Both loops are written against ``sample_window(known, mask, index, [stage])``,
+which denoises window number ``index`` given ``c_S = (mask * known, mask)`` and
+returns the window's latents; the node layer supplies it (ComfyUI's samplers), tests supply small
 fakes. Only the current window lives where the sampler puts it: finished frames
 go through ``store`` (e.g. to the CPU), so memory does not grow with length.
 Known frames come out exactly as they went in.
@@ -30,7 +30,7 @@ def predict_segments(video, segments, window, context_frames, sample_window, sto
     for index in range(segments):
         known = torch.zeros((window,) + tuple(video.shape[1:]), dtype=video.dtype)
         known[:context_frames] = tail
-        new = sample_window(known, mask, segment=index)[context_frames:]
+        new = sample_window(known, mask, index=index)[context_frames:]
         pieces.append(store(new))
         tail = torch.cat([tail.to(new.device), new])[-context_frames:]
         if on_segment is not None:
@@ -48,7 +48,7 @@ def interpolate(keys, keys_per_window, sample_window, stage=0, store=_keep, on_w
         window_keys = keys[start:end]
         known = spread_key_frames(window_keys)
         mask = interpolation_mask(end - start)
-        frames = sample_window(known, mask, stage=stage).clone()
+        frames = sample_window(known, mask, index=index, stage=stage).clone()
         frames[mask.bool()] = window_keys.to(frames)  # the key frames, exactly
         pieces.append(store(frames if index == 0 else frames[1:]))
         if on_window is not None:

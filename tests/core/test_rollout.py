@@ -37,7 +37,7 @@ def test_rollout_length_order_and_context(segments, context_frames):
     new = out[5:, 0, 0, 0].tolist()
     assert new == sorted(new) and len(set(new)) == len(new)  # segments in order, no frame twice
     for index, (known, mask, info) in enumerate(sampler.calls):
-        assert info == {"segment": index}
+        assert info == {"index": index}
         assert mask.tolist() == [1.0] * context_frames + [0.0] * (window - context_frames)
         start = 5 + index * (window - context_frames)
         assert torch.equal(known[:context_frames], out[start - context_frames:start])  # conditioned on the last frames
@@ -67,4 +67,4 @@ def test_interpolation_keeps_key_frames_in_place_and_fills_between(keys, per_win
     filled = [i for i in range(out.shape[0]) if i % 4]
     assert out[filled, 0, 0, 0].min() >= 1000  # every frame between came from the sampler
     assert len(set(out[filled, 0, 0, 0].tolist())) == len(filled)
-    assert all(info == {"stage": 1} for _, _, info in sampler.calls)
+    assert [info for _, _, info in sampler.calls] == [{"index": i, "stage": 1} for i in range(len(sampler.calls))]
