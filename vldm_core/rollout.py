@@ -2,9 +2,10 @@
 
 Both loops are written against ``sample_window(known, mask, index, [stage])``,
 which denoises window number ``index`` given ``c_S = (mask * known, mask)`` and
-returns the window's latents; the node layer supplies it (ComfyUI's samplers), tests supply small
-fakes. Only the current window lives where the sampler puts it: finished frames
-go through ``store`` (e.g. to the CPU), so memory does not grow with length.
+returns the window's latents; the node layer supplies it (ComfyUI's samplers),
+tests supply small fakes. Only the current window lives where the sampler puts
+it: finished frames go through ``store`` (e.g. to the CPU), so memory does not
+grow with length.
 Known frames come out exactly as they went in.
 """
 
