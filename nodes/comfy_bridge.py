@@ -85,11 +85,17 @@ def temporal_layers_of(model):
     return holders[0].model if holders else None
 
 
-def layers_for_mode(model, mode):
-    """The MODEL's temporal layers, checked to be trained for ``mode`` ("prediction", "interpolation")."""
+def require_temporal_layers(model, fix):
+    """The MODEL's temporal layers; ``fix`` tells the user what to do where there are none."""
     layers = temporal_layers_of(model)
     if layers is None:
-        raise ValueError(f"this MODEL has no Video LDM temporal layers: pass it through Temporal UNet Patcher with a file trained as a {mode} model first")
+        raise ValueError(f"this MODEL has no Video LDM temporal layers: {fix}")
+    return layers
+
+
+def layers_for_mode(model, mode):
+    """The MODEL's temporal layers, checked to be trained for ``mode`` ("prediction", "interpolation")."""
+    layers = require_temporal_layers(model, f"pass it through Temporal UNet Patcher with a file trained as a {mode} model first")
     if mode not in layers.modes or not layers.config.context_latent_channels:
         raise ValueError(f"these temporal layers were trained for {', '.join(layers.modes)}, not {mode}: load a temporal-layer file trained as a {mode} model")
     if layers.train_frames is None:
@@ -153,12 +159,11 @@ class ContextGuider(comfy.samplers.CFGGuider):
     def __init__(self, model_patcher, positive, negative, known, mask, cfg, context_scale, stage=None):
         super().__init__(model_patcher)
         with_context = context_input(model_patcher.model.process_latent_in(known), mask, stage)
-        without = context_input(torch.zeros_like(known), torch.zeros_like(mask), stage)
         self.context_scale = context_scale
         self.set_cfg(cfg)
         conds = {"positive": with_masked_context(positive, with_context), "negative": with_masked_context(negative, with_context)}
         if context_scale != 1.0:  # at s = 1 the context-free prediction cancels: skip computing it
-            conds["no_context"] = with_masked_context(negative, without)
+            conds["no_context"] = with_masked_context(negative, context_input(torch.zeros_like(known), torch.zeros_like(mask), stage))
         self.inner_set_conds(conds)
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
@@ -170,8 +175,15 @@ class ContextGuider(comfy.samplers.CFGGuider):
         return context_guided(plain, context_only, full, self.cfg, self.context_scale)
 
 
+def to_intermediate(x):
+    """Where finished frames wait: ComfyUI's intermediate device, off the GPU."""
+    import comfy.model_management
+
+    return x.to(comfy.model_management.intermediate_device())
+
+
 def window_sampler(model, positive, negative, noise_seed, steps, cfg, sampler_name, scheduler, context_scale):
-    """``sample_window(known, mask, **info)`` for vldm_core.rollout: one window,
+    """``sample_window(known, mask, index, [stage])`` for vldm_core.rollout: one window,
     denoised with context guidance by ComfyUI's sampler and scheduler, with
     ComfyUI's progress bar and cancel. Each window draws its own noise."""
     import comfy.model_management
@@ -187,9 +199,9 @@ def window_sampler(model, positive, negative, noise_seed, steps, cfg, sampler_na
         guider = ContextGuider(model, positive, negative, known, mask, cfg, context_scale, stage)
         empty = torch.zeros_like(known)
         noise = comfy.sample.prepare_noise(empty, noise_seed + index)
-        return guider.sample(
+        return to_intermediate(guider.sample(
             noise, empty, sampler, sigmas, callback=latent_preview.prepare_callback(model, steps),
             disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=noise_seed + index,
-        ).to(comfy.model_management.intermediate_device())
+        ))
 
     return sample_window

@@ -1,9 +1,8 @@
-import comfy.model_management
 from comfy_api.latest import io
 
 from ..vldm_core.masking import INTERPOLATION_FACTOR
 from ..vldm_core.rollout import interpolate
-from .comfy_bridge import layers_for_mode, window_sampler
+from .comfy_bridge import layers_for_mode, to_intermediate, window_sampler
 from .sampler_inputs import sampler_inputs
 
 MULTIPLIERS = {"4": 1, "16": 2}  # passes of the 4x model
@@ -43,11 +42,10 @@ class Interpolator4x(io.ComfyNode):
             raise ValueError(f"multiplier {multiplier!r}: choose 4 (one pass) or 16 (two passes)")
         layers = layers_for_mode(model, "interpolation")
         per_window = keys_per_window(layers.train_frames)
-        store = lambda x: x.to(comfy.model_management.intermediate_device())  # noqa: E731
-        video = store(key_frames["samples"])
+        video = to_intermediate(key_frames["samples"])
         for stage in range(MULTIPLIERS[multiplier]):
             sample_window = window_sampler(model, positive, negative, seed + stage, steps, cfg, sampler_name, scheduler, context_guidance)
-            video = interpolate(video, per_window, sample_window, stage=stage if layers.config.interpolation_stage else None, store=store)
+            video = interpolate(video, per_window, sample_window, stage=stage if layers.config.interpolation_stage else None, store=to_intermediate)
         out = {**key_frames, "samples": video}
         if "frame_rate" in key_frames:
             out["frame_rate"] = key_frames["frame_rate"] * INTERPOLATION_FACTOR ** MULTIPLIERS[multiplier]

@@ -3,14 +3,12 @@ import nodes
 import torch
 from comfy_api.latest import io
 
-from .comfy_bridge import sample_frames, temporal_layers_of
+from .comfy_bridge import require_temporal_layers, sample_frames
 from .sampler_inputs import sampler_inputs
 
 
 def check_frame_count(model, frames):
-    layers = temporal_layers_of(model)
-    if layers is None:
-        raise ValueError("this MODEL has no Video LDM temporal layers, so its frames would come out independent: pass it through Temporal UNet Patcher first")
+    layers = require_temporal_layers(model, "without them its frames would come out independent; pass it through Temporal UNet Patcher first")
     if layers.train_frames is not None and frames > layers.train_frames:
         raise ValueError(
             f"{frames} frames requested, but these temporal layers were trained on {layers.train_frames}: sample at most {layers.train_frames} key frames here, "

@@ -1,8 +1,7 @@
-import comfy.model_management
 from comfy_api.latest import io
 
 from ..vldm_core.rollout import predict_segments
-from .comfy_bridge import layers_for_mode, window_sampler
+from .comfy_bridge import layers_for_mode, to_intermediate, window_sampler
 from .sampler_inputs import sampler_inputs
 
 
@@ -30,10 +29,6 @@ class MaskedPredictor(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, video, segments, context_frames, context_guidance, seed, steps, cfg, sampler_name, scheduler) -> io.NodeOutput:
         layers = layers_for_mode(model, "prediction")
-        frames = video["samples"]
         sample_window = window_sampler(model, positive, negative, seed, steps, cfg, sampler_name, scheduler, context_guidance)
-        longer = predict_segments(
-            frames.to(comfy.model_management.intermediate_device()), segments, layers.train_frames, context_frames, sample_window,
-            store=lambda x: x.to(comfy.model_management.intermediate_device()),
-        )
+        longer = predict_segments(video["samples"], segments, layers.train_frames, context_frames, sample_window, store=to_intermediate)
         return io.NodeOutput({**video, "samples": longer})

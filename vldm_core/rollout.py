@@ -5,8 +5,7 @@ which denoises window number ``index`` given ``c_S = (mask * known, mask)`` and
 returns the window's latents; the node layer supplies it (ComfyUI's samplers),
 tests supply small fakes. Only the current window lives where the sampler puts
 it: finished frames go through ``store`` (e.g. to the CPU), so memory does not
-grow with length.
-Known frames come out exactly as they went in.
+grow with length. Known frames come out exactly as they went in.
 """
 
 import torch
@@ -18,7 +17,7 @@ def _keep(x):
     return x
 
 
-def predict_segments(video, segments, window, context_frames, sample_window, store=_keep, on_segment=None):
+def predict_segments(video, segments, window, context_frames, sample_window, store=_keep):
     """Autoregressive rollout (paper, Sec. 3.1.1): each new segment is a window
     whose first ``context_frames`` are the last frames of the video so far.
     Returns ``video`` followed by ``segments * (window - context_frames)`` new frames."""
@@ -34,12 +33,10 @@ def predict_segments(video, segments, window, context_frames, sample_window, sto
         new = sample_window(known, mask, index=index)[context_frames:]
         pieces.append(store(new))
         tail = torch.cat([tail.to(new.device), new])[-context_frames:]
-        if on_segment is not None:
-            on_segment(index + 1, segments)
     return torch.cat([p.to(pieces[0].device) for p in pieces])
 
 
-def interpolate(keys, keys_per_window, sample_window, stage=0, store=_keep, on_window=None):
+def interpolate(keys, keys_per_window, sample_window, stage=0, store=_keep):
     """4x interpolation (paper, Sec. 3.1.1): N key frames -> 4N - 3 frames, in
     windows of key frames that share their end frames; key frames keep their
     latents and positions. ``stage`` tells the model which pass of a 16x chain this is."""
@@ -52,6 +49,4 @@ def interpolate(keys, keys_per_window, sample_window, stage=0, store=_keep, on_w
         frames = sample_window(known, mask, index=index, stage=stage).clone()
         frames[mask.bool()] = window_keys.to(frames)  # the key frames, exactly
         pieces.append(store(frames if index == 0 else frames[1:]))
-        if on_window is not None:
-            on_window(index + 1, len(windows))
     return torch.cat([p.to(pieces[0].device) for p in pieces])
