@@ -182,14 +182,66 @@ def to_intermediate(x):
     return x.to(comfy.model_management.intermediate_device())
 
 
-def window_sampler(model, positive, negative, noise_seed, steps, cfg, sampler_name, scheduler, context_scale):
+def check_video_latent(model, latent, layers=None):
+    """The LATENT must be a video of this model family's latents, frames in the batch axis."""
+    samples = latent["samples"]
+    if samples.ndim != 4:
+        raise ValueError(
+            f"this LATENT has shape {tuple(samples.shape)}; Video LDM keeps a video as (frames, channels, height, width), "
+            "one latent per frame: start from the Keyframe Sampler or an image-model LATENT, not a video model's 5-D latent"
+        )
+    channels = model.model.latent_format.latent_channels
+    if samples.shape[1] != channels:
+        raise ValueError(
+            f"this LATENT has {samples.shape[1]} channels, but this MODEL's latents have {channels}: "
+            "the video was made by another model family; sample it with this MODEL (or encode its frames with this MODEL's VAE)"
+        )
+    if layers is not None and layers.config.context_latent_channels not in (0, channels):
+        raise ValueError(
+            f"these temporal layers take context latents of {layers.config.context_latent_channels} channels, this MODEL's have {channels}: "
+            "load a temporal-layer file trained for this model family"
+        )
+
+
+def video_latent(source, samples, frame_rate_factor=1):
+    """A LATENT like ``source`` holding ``samples``: per-frame entries of the old
+    length (noise mask, batch index) are dropped, the frame rate is scaled."""
+    out = {k: v for k, v in source.items() if k not in ("noise_mask", "batch_index")}
+    out["samples"] = samples
+    if "frame_rate" in source:
+        out["frame_rate"] = source["frame_rate"] * frame_rate_factor
+    return out
+
+
+def window_progress(model, windows, steps):
+    """One progress bar (with latent previews) across all windows of a rollout:
+    returns ``next_window()``, which gives the sampler callback of the next window."""
+    import comfy.utils
+    import latent_preview
+
+    previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
+    bar = comfy.utils.ProgressBar(windows * steps)
+    started = iter(range(windows))
+
+    def next_window():
+        offset = next(started) * steps
+
+        def callback(step, x0, x, total_steps):
+            preview = previewer.decode_latent_to_preview_image("JPEG", x0) if previewer else None
+            bar.update_absolute(offset + step + 1, preview=preview)
+
+        return callback
+
+    return next_window
+
+
+def window_sampler(model, positive, negative, noise_seed, steps, cfg, sampler_name, scheduler, context_scale, progress):
     """``sample_window(known, mask, index, [stage])`` for vldm_core.rollout: one window,
     denoised with context guidance by ComfyUI's sampler and scheduler, with
-    ComfyUI's progress bar and cancel. Each window draws its own noise."""
+    ComfyUI's cancel and the ``progress`` of window_progress. Each window draws its own noise."""
     import comfy.model_management
     import comfy.sample
     import comfy.utils
-    import latent_preview
 
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps)
     sampler = comfy.samplers.sampler_object(sampler_name)
@@ -200,7 +252,7 @@ def window_sampler(model, positive, negative, noise_seed, steps, cfg, sampler_na
         empty = torch.zeros_like(known)
         noise = comfy.sample.prepare_noise(empty, noise_seed + index)
         return to_intermediate(guider.sample(
-            noise, empty, sampler, sigmas, callback=latent_preview.prepare_callback(model, steps),
+            noise, empty, sampler, sigmas, callback=progress(),
             disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=noise_seed + index,
         ))
 

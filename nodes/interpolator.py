@@ -1,8 +1,8 @@
 from comfy_api.latest import io
 
-from ..vldm_core.masking import INTERPOLATION_FACTOR
+from ..vldm_core.masking import INTERPOLATION_FACTOR, interpolated_length, interpolation_windows
 from ..vldm_core.rollout import interpolate
-from .comfy_bridge import layers_for_mode, to_intermediate, window_sampler
+from .comfy_bridge import check_video_latent, layers_for_mode, to_intermediate, video_latent, window_progress, window_sampler
 from .sampler_inputs import sampler_inputs
 
 MULTIPLIERS = {"4": 1, "16": 2}  # passes of the 4x model
@@ -41,12 +41,15 @@ class Interpolator4x(io.ComfyNode):
         if multiplier not in MULTIPLIERS:
             raise ValueError(f"multiplier {multiplier!r}: choose 4 (one pass) or 16 (two passes)")
         layers = layers_for_mode(model, "interpolation")
+        check_video_latent(model, key_frames, layers)
         per_window = keys_per_window(layers.train_frames)
         video = to_intermediate(key_frames["samples"])
-        for stage in range(MULTIPLIERS[multiplier]):
-            sample_window = window_sampler(model, positive, negative, seed + stage, steps, cfg, sampler_name, scheduler, context_guidance)
-            video = interpolate(video, per_window, sample_window, stage=stage if layers.config.interpolation_stage else None, store=to_intermediate)
-        out = {**key_frames, "samples": video}
-        if "frame_rate" in key_frames:
-            out["frame_rate"] = key_frames["frame_rate"] * INTERPOLATION_FACTOR ** MULTIPLIERS[multiplier]
-        return io.NodeOutput(out)
+        passes = MULTIPLIERS[multiplier]
+        lengths = [video.shape[0]]
+        for _ in range(passes - 1):
+            lengths.append(interpolated_length(lengths[-1]))
+        progress = window_progress(model, sum(len(interpolation_windows(n, per_window)) for n in lengths), steps)
+        for stage in range(passes):
+            sample_window = window_sampler(model, positive, negative, seed + stage, steps, cfg, sampler_name, scheduler, context_guidance, progress)
+            video = interpolate(video, per_window, sample_window, stage=layers.config.stage_flag(stage), store=to_intermediate)
+        return io.NodeOutput(video_latent(key_frames, video, frame_rate_factor=INTERPOLATION_FACTOR**passes))

@@ -37,16 +37,17 @@ class KeyframeSampler(io.ComfyNode):
                 io.Int.Input("frames", default=16, min=1, max=1024, tooltip="Number of key frames; at most what the temporal layers were trained on."),
                 io.Int.Input("width", default=512, min=16, max=nodes.MAX_RESOLUTION, step=8, tooltip="Frame width in pixels (multiple of 8)."),
                 io.Int.Input("height", default=320, min=16, max=nodes.MAX_RESOLUTION, step=8, tooltip="Frame height in pixels (multiple of 8)."),
+                io.Float.Input("frame_rate", default=8.0, min=0.1, max=240.0, step=0.1, tooltip="Frames per second of the key frames (the rate the temporal layers were trained at); the 4x Interpolator multiplies it and Temporal VAE Decode passes it on."),
                 *sampler_inputs(),
             ],
-            outputs=[io.Latent.Output(display_name="LATENT", tooltip="The key frames, one latent per frame in the batch axis.")],
+            outputs=[io.Latent.Output(display_name="LATENT", tooltip="The key frames, one latent per frame in the batch axis, with their frame_rate.")],
         )
 
     @classmethod
-    def execute(cls, model, positive, negative, frames, width, height, seed, steps, cfg, sampler_name, scheduler) -> io.NodeOutput:
+    def execute(cls, model, positive, negative, frames, width, height, frame_rate, seed, steps, cfg, sampler_name, scheduler) -> io.NodeOutput:
         check_frame_count(model, frames)
         check_size(width, height)
         channels = model.model.latent_format.latent_channels
         empty = torch.zeros([frames, channels, height // 8, width // 8], device=comfy.model_management.intermediate_device())
         samples = sample_frames(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, empty)
-        return io.NodeOutput({"samples": samples})
+        return io.NodeOutput({"samples": samples, "frame_rate": frame_rate})

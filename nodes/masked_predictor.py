@@ -1,7 +1,7 @@
 from comfy_api.latest import io
 
 from ..vldm_core.rollout import predict_segments
-from .comfy_bridge import layers_for_mode, to_intermediate, window_sampler
+from .comfy_bridge import check_video_latent, layers_for_mode, to_intermediate, video_latent, window_progress, window_sampler
 from .sampler_inputs import sampler_inputs
 
 
@@ -23,12 +23,16 @@ class MaskedPredictor(io.ComfyNode):
                 io.Float.Input("context_guidance", default=1.0, min=0.0, max=10.0, step=0.1, tooltip="s in f(z) + s (f(z; c) - f(z)); above 1 keeps long videos closer to their context."),
                 *sampler_inputs(),
             ],
-            outputs=[io.Latent.Output(display_name="LATENT", tooltip="The video followed by the new frames.")],
+            outputs=[io.Latent.Output(display_name="LATENT", tooltip="The video followed by the new frames, at the same frame rate.")],
         )
 
     @classmethod
     def execute(cls, model, positive, negative, video, segments, context_frames, context_guidance, seed, steps, cfg, sampler_name, scheduler) -> io.NodeOutput:
         layers = layers_for_mode(model, "prediction")
-        sample_window = window_sampler(model, positive, negative, seed, steps, cfg, sampler_name, scheduler, context_guidance)
-        longer = predict_segments(video["samples"], segments, layers.train_frames, context_frames, sample_window, store=to_intermediate)
-        return io.NodeOutput({**video, "samples": longer})
+        check_video_latent(model, video, layers)
+        progress = window_progress(model, segments, steps)
+        sample_window = window_sampler(model, positive, negative, seed, steps, cfg, sampler_name, scheduler, context_guidance, progress)
+        longer = predict_segments(
+            video["samples"], segments, layers.train_frames, context_frames, sample_window, stage=layers.config.stage_flag(), store=to_intermediate
+        )
+        return io.NodeOutput(video_latent(video, longer))

@@ -17,10 +17,11 @@ def _keep(x):
     return x
 
 
-def predict_segments(video, segments, window, context_frames, sample_window, store=_keep):
+def predict_segments(video, segments, window, context_frames, sample_window, stage=None, store=_keep):
     """Autoregressive rollout (paper, Sec. 3.1.1): each new segment is a window
     whose first ``context_frames`` are the last frames of the video so far.
-    Returns ``video`` followed by ``segments * (window - context_frames)`` new frames."""
+    Returns ``video`` followed by ``segments * (window - context_frames)`` new
+    frames. ``stage``: the stage flag, for layers that serve interpolation too."""
     if context_frames < 1:
         raise ValueError("a rollout needs 1 or 2 context frames to continue the video from")
     if video.shape[0] < context_frames:
@@ -30,7 +31,7 @@ def predict_segments(video, segments, window, context_frames, sample_window, sto
     for index in range(segments):
         known = torch.zeros((window,) + tuple(video.shape[1:]), dtype=video.dtype)
         known[:context_frames] = tail
-        new = sample_window(known, mask, index=index)[context_frames:]
+        new = sample_window(known, mask, index=index, stage=stage)[context_frames:]
         pieces.append(store(new))
         tail = torch.cat([tail.to(new.device), new])[-context_frames:]
     return torch.cat([p.to(pieces[0].device) for p in pieces])

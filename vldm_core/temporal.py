@@ -58,6 +58,11 @@ class TemporalConfig:
     def context_channels(self):
         return self.context_latent_channels + 1 + int(self.interpolation_stage)
 
+    def stage_flag(self, stage=0):
+        """What c_S's stage channel holds for interpolation pass ``stage``, or None
+        for layers without one. Prediction runs at the key-frame rate: stage 0."""
+        return stage if self.interpolation_stage else None
+
     def to_dict(self):
         return asdict(self)
 

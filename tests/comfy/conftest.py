@@ -11,8 +11,13 @@ text encoder, a way to read a result back):
 
 * ``VLDMTest_TinyModel``: a tiny random SD1.x-layout MODEL (a real
   ``comfy.model_base.BaseModel`` in a ``ModelPatcher``) and two CONDITIONINGs;
-* ``VLDMTest_CaptureLatent``: an output node that stores its LATENT in
-  ``Comfy.captured[key]``.
+* ``VLDMTest_Latent``: a LATENT of any shape (zeros), optionally with a
+  frame rate and a noise mask, for inputs no tiny model makes;
+* ``VLDMTest_CaptureLatent``: an output node that stores its LATENT's samples
+  in ``Comfy.captured[key]`` and the whole LATENT in ``Comfy.latents[key]``.
+
+Progress bars report to the ServerStub as ``progress`` messages, as ComfyUI's
+server hook sends them.
 """
 
 import asyncio
@@ -143,12 +148,42 @@ class CaptureLatent:
     OUTPUT_NODE = True
     CATEGORY = "testing"
 
+    latents = {}
+
     def capture(self, samples, key):
         CaptureLatent.captured[key] = samples["samples"].clone()
+        CaptureLatent.latents[key] = {**samples, "samples": CaptureLatent.captured[key]}
         return {}
 
 
-TEST_NODES = {"VLDMTest_TinyModel": TinyModelLoader, "VLDMTest_CaptureLatent": CaptureLatent}
+class LatentOfShape:
+    """Test-only source: a LATENT of zeros of the given shape, e.g. "1,16,4,4,4"."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "shape": ("STRING", {"default": "4,4,4,4"}),
+            "frame_rate": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 240.0, "tooltip": "0: no frame_rate entry"}),
+            "noise_mask": ("BOOLEAN", {"default": False}),
+        }}
+
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "make"
+    CATEGORY = "testing"
+
+    def make(self, shape, frame_rate, noise_mask):
+        import torch
+
+        samples = torch.zeros([int(n) for n in shape.split(",")])
+        latent = {"samples": samples}
+        if frame_rate:
+            latent["frame_rate"] = frame_rate
+        if noise_mask:
+            latent["noise_mask"] = torch.ones(samples.shape[0], 1, *samples.shape[2:])
+        return (latent,)
+
+
+TEST_NODES = {"VLDMTest_TinyModel": TinyModelLoader, "VLDMTest_CaptureLatent": CaptureLatent, "VLDMTest_Latent": LatentOfShape}
 
 
 class RunResult:
@@ -205,7 +240,16 @@ class Comfy:
         # One executor for the session, as ComfyUI's prompt worker has, with its default cache.
         self.server = ServerStub()
         self.executor = execution.PromptExecutor(self.server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
-        self.captured = CaptureLatent.captured
+        self.captured, self.latents = CaptureLatent.captured, CaptureLatent.latents
+        import comfy.utils
+        from comfy_execution.utils import get_executing_context
+
+        def progress(value, total, preview, prompt_id=None, node_id=None):
+            context = get_executing_context()
+            node_id = node_id or (context.node_id if context else None)
+            self.server.send_sync("progress", {"value": value, "max": total, "node": node_id})
+
+        comfy.utils.set_progress_bar_global_hook(progress)
 
     tiny_model = staticmethod(tiny_model)
     tiny_conds = staticmethod(tiny_conds)

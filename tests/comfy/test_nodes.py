@@ -104,7 +104,7 @@ def patcher(model, layers):
 def keyframes(model, frames=FRAMES, width=SIZE, height=SIZE, conds="1"):
     return {"class_type": "VLDM_KeyframeSampler", "inputs": {
         "model": model, "positive": [conds, 1], "negative": [conds, 2], "frames": frames, "width": width, "height": height,
-        "seed": SEED, "steps": STEPS, "cfg": CFG, "sampler_name": "ddim", "scheduler": "ddim_uniform",
+        "frame_rate": 8.0, "seed": SEED, "steps": STEPS, "cfg": CFG, "sampler_name": "ddim", "scheduler": "ddim_uniform",
     }}
 
 

@@ -37,7 +37,7 @@ def test_rollout_length_order_and_context(segments, context_frames):
     new = out[5:, 0, 0, 0].tolist()
     assert new == sorted(new) and len(set(new)) == len(new)  # segments in order, no frame twice
     for index, (known, mask, info) in enumerate(sampler.calls):
-        assert info == {"index": index}
+        assert info == {"index": index, "stage": None}
         assert mask.tolist() == [1.0] * context_frames + [0.0] * (window - context_frames)
         start = 5 + index * (window - context_frames)
         assert torch.equal(known[:context_frames], out[start - context_frames:start])  # conditioned on the last frames
