@@ -6,6 +6,7 @@ into the UNet's blocks when the clone is loaded and ejected when it is not, and
 the UNet hands them control through the forward-timestep-embed patch.
 """
 
+import functools
 import math
 import os
 
@@ -27,16 +28,19 @@ from ..vldm_core.weights import load_temporal_layers
 KEY = "vldm_temporal_layers"
 MASKED_CONTEXT = "vldm_masked_context"  # c_S: a per-frame model cond, then a transformer option
 FOLDER = "temporal_layers"
+DECODER_FOLDER = "temporal_decoders"
 FRESH = "fresh (untrained, for training)"
 
 
-def register_model_folder():
-    """models/temporal_layers, safetensors only (also when extra_model_paths.yaml names it)."""
-    default = os.path.join(folder_paths.models_dir, FOLDER)
-    paths = folder_paths.folder_names_and_paths.get(FOLDER, ([], set()))[0]
-    if default not in paths:
-        paths.append(default)
-    folder_paths.folder_names_and_paths[FOLDER] = (paths, {".safetensors"})
+def register_model_folders():
+    """models/temporal_layers and models/temporal_decoders, safetensors only
+    (also when extra_model_paths.yaml names them)."""
+    for folder in (FOLDER, DECODER_FOLDER):
+        default = os.path.join(folder_paths.models_dir, folder)
+        paths = folder_paths.folder_names_and_paths.get(folder, ([], set()))[0]
+        if default not in paths:
+            paths.append(default)
+        folder_paths.folder_names_and_paths[folder] = (paths, {".safetensors"})
 
 
 def frames_per_forward(x, transformer_options):
@@ -93,13 +97,19 @@ def require_temporal_layers(model, fix):
     return layers
 
 
+CONTEXT_MODES = ("prediction", "interpolation")  # modes whose layers take masked context frames c_S
+
+
 def layers_for_mode(model, mode):
-    """The MODEL's temporal layers, checked to be trained for ``mode`` ("prediction", "interpolation")."""
-    layers = require_temporal_layers(model, f"pass it through Temporal UNet Patcher with a file trained as a {mode} model first")
-    if mode not in layers.modes or not layers.config.context_latent_channels:
-        raise ValueError(f"these temporal layers were trained for {', '.join(layers.modes)}, not {mode}: load a temporal-layer file trained as a {mode} model")
+    """The MODEL's temporal layers, checked to be trained for ``mode`` ("prediction",
+    "interpolation", "upscaler"); the context modes also need layers that take c_S."""
+    trained_as = f"trained as {'an' if mode[0] in 'aeiou' else 'a'} {mode} model"
+    layers = require_temporal_layers(model, f"pass it through Temporal UNet Patcher with a file {trained_as} first")
+    takes_context = bool(layers.config.context_latent_channels) or mode not in CONTEXT_MODES
+    if mode not in layers.modes or not takes_context:
+        raise ValueError(f"these temporal layers were trained for {', '.join(layers.modes)}, not {mode}: load a temporal-layer file {trained_as}")
     if layers.train_frames is None:
-        raise ValueError(f"fresh temporal layers have no trained window length: load a temporal-layer file trained as a {mode} model")
+        raise ValueError(f"fresh temporal layers have no trained window length: load a temporal-layer file {trained_as}")
     return layers
 
 
@@ -257,3 +267,56 @@ def window_sampler(model, positive, negative, noise_seed, steps, cfg, sampler_na
         ))
 
     return sample_window
+
+
+# ------------------------------------------------------------------ SD x4 upscaler
+
+
+def model_family(model):
+    """What a MODEL is, in words, for messages."""
+    try:
+        return find_layout(unet_of(model)).family
+    except ValueError:
+        return type(model.model).__name__
+
+
+def require_x4_upscaler(model):
+    if not isinstance(model.model, comfy.model_base.SD_X4Upscaler):
+        raise ValueError(
+            f"this MODEL is {model_family(model)}, the Video Upscaler needs the SD x4 upscaler (x4-upscaler-ema.safetensors, loaded with "
+            "Load Checkpoint), optionally patched by Temporal UNet Patcher with upscaler temporal layers: connect that MODEL instead"
+        )
+
+
+def augmented_low_res(model, pixels, noise_augmentation, seed):
+    """The x4 upscaler's low-res input and its noise level, as ComfyUI's x4
+    conditioning makes them (the model's own augmentor, level round(max *
+    noise_augmentation), noise seeded with seed - 10), but for a whole video
+    at once: ComfyUI draws that noise per call, i.e. per tile, the same
+    pattern in every tile; drawn once, it is the same wherever tiles fall.
+    ``pixels``: (frames, 3, height, width) in [-1, 1]."""
+    augmentor = model.model.noise_augmentor
+    level = round(augmentor.max_noise_level * noise_augmentation)
+    if noise_augmentation > 0:
+        noise = torch.randn(pixels.size(), dtype=pixels.dtype, generator=torch.Generator().manual_seed(seed - 10)).to(pixels.device)
+        pixels = augmentor.q_sample(pixels, torch.tensor([level], device=pixels.device), noise=noise)
+    return pixels, level
+
+
+def x4_conditioning(conditioning, low_res):
+    """``conditioning`` carrying low-res frames already augmented (augmented_low_res):
+    ComfyUI's x4 conds then pass them on unchanged, and with_noise_level gives the level."""
+    return [[c, {**d, "concat_image": low_res, "noise_augmentation": 0.0}] for c, d in conditioning]
+
+
+def _noise_level_as_y(level, executor, x, timesteps, context, y, *args, **kwargs):
+    return executor(x, timesteps, context, torch.full_like(y, level), *args, **kwargs)
+
+
+def with_noise_level(model, level):
+    """A clone of an x4 upscaler MODEL whose UNet is told augmentation level
+    ``level`` (its class label ``y``, where ComfyUI's x4 conds put it) for
+    low-res frames augmented beforehand."""
+    told = model.clone()
+    told.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "vldm_noise_level", functools.partial(_noise_level_as_y, level))
+    return told

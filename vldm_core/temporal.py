@@ -104,13 +104,15 @@ class TemporalLayer(nn.Module):
 
 class TemporalResBlock(TemporalLayer):
     """A residual block of (3, 1, 1) convolutions over time, after a spatial ResBlock
-    (held as (3, 1) convolutions over (t, hw): the same weights and arithmetic)."""
+    (held as (3, 1) convolutions over (t, hw): the same weights and arithmetic).
+    With ``emb_channels`` 0 it takes no timestep embedding (the temporal decoder's)."""
 
     def __init__(self, channels, emb_channels, config, ops=nn):
         super().__init__()
         self.norm1 = ops.GroupNorm(config.norm_groups, channels)
         self.conv1 = ops.Conv2d(channels, channels, (3, 1), padding=(1, 0))
-        self.emb_proj = ops.Linear(emb_channels, channels)
+        if emb_channels:
+            self.emb_proj = ops.Linear(emb_channels, channels)
         self.norm2 = ops.GroupNorm(config.norm_groups, channels)
         self.conv2 = ops.Conv2d(channels, channels, (3, 1), padding=(1, 0))
         self.merge = AlphaMerge(config.alpha_init)
@@ -141,7 +143,8 @@ class TemporalResBlock(TemporalLayer):
         if masked_context is not None:
             h = h + self.encode_context(masked_context, z, frames)
         h = self.conv1(h)
-        h = h + rearrange(self.emb_proj(F.silu(emb)), "(b t) c -> b c t 1", t=frames)
+        if emb is not None:
+            h = h + rearrange(self.emb_proj(F.silu(emb)), "(b t) c -> b c t 1", t=frames)
         h = self.conv2(F.silu(self.norm2(h)))
         return self.merge(z, to_frames(h, z.shape[-1]))
 

@@ -33,7 +33,8 @@ class UNetConfig:
         return asdict(self)
 
 
-def _norm(channels, groups):
+def group_norm(channels, groups):
+    """SD's normalisation: GroupNorm with eps 1e-6."""
     return nn.GroupNorm(groups, channels, eps=1e-6)
 
 
@@ -41,9 +42,9 @@ class ResBlock(nn.Module):
     def __init__(self, channels, emb_channels, out_channels, groups):
         super().__init__()
         self.channels, self.emb_channels, self.out_channels = channels, emb_channels, out_channels
-        self.in_layers = nn.Sequential(_norm(channels, groups), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(group_norm(channels, groups), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
-        self.out_layers = nn.Sequential(_norm(out_channels, groups), nn.SiLU(), nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.out_layers = nn.Sequential(group_norm(out_channels, groups), nn.SiLU(), nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip_connection = nn.Identity() if channels == out_channels else nn.Conv2d(channels, out_channels, 1)
 
     def forward(self, x, emb):
@@ -89,7 +90,7 @@ class SpatialTransformer(nn.Module):
     def __init__(self, channels, head_dim, context_dim, groups):
         super().__init__()
         self.in_channels = channels
-        self.norm = _norm(channels, groups)
+        self.norm = group_norm(channels, groups)
         self.proj_in = nn.Linear(channels, channels)
         self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(channels, channels // head_dim, head_dim, context_dim)])
         self.proj_out = nn.Linear(channels, channels)
@@ -171,7 +172,7 @@ class UNetModel(nn.Module):
                 if level != 0 and i == config.num_res_blocks:
                     layers.append(Upsample(ch))
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
-        self.out = nn.Sequential(_norm(ch, groups), nn.SiLU(), nn.Conv2d(ch, config.out_channels, 3, padding=1))
+        self.out = nn.Sequential(group_norm(ch, groups), nn.SiLU(), nn.Conv2d(ch, config.out_channels, 3, padding=1))
 
     def forward(self, x, timesteps, context, frames=None, masked_context=None):
         """``x``: ``(b t) c h w`` frames; ``frames``: t, default one video of all of x;

@@ -48,7 +48,8 @@ class UNetLayout:
     sites: tuple
 
     def describe(self):
-        return f"{self.family} (context {self.context_dim}, {len(self.sites)} temporal sites)"
+        context = f"context {self.context_dim}, " if self.context_dim else ""
+        return f"{self.family} ({context}{len(self.sites)} temporal sites)"
 
     def to_json(self):
         return json.dumps({"family": self.family, "in_channels": self.in_channels, "context_dim": self.context_dim, "sites": [asdict(s) for s in self.sites]})
@@ -59,15 +60,15 @@ class UNetLayout:
         values["sites"] = tuple(InsertionSite(**s) for s in values["sites"])
         return cls(**values)
 
-    def mismatch(self, other):
-        """Why temporal layers built for ``self`` do not fit a UNet of layout ``other``, or None."""
+    def mismatch(self, other, target="MODEL"):
+        """Why temporal layers built for ``self`` do not fit a ``target`` (MODEL or VAE) of layout ``other``, or None."""
         if self.family != other.family or self.context_dim != other.context_dim:
-            return f"built for {self.describe()}, this MODEL is {other.describe()}"
+            return f"built for {self.describe()}, this {target} is {other.describe()}"
         if len(self.sites) != len(other.sites):
-            return f"built for a {self.family} UNet with {len(self.sites)} temporal sites, this MODEL has {len(other.sites)}"
+            return f"built for {self.family} with {len(self.sites)} temporal sites, this {target} has {len(other.sites)}"
         for mine, theirs in zip(self.sites, other.sites):
             if mine != theirs:
-                return f"built for a {self.family} UNet whose layer {mine.path} is {_site_text(mine)}; in this MODEL it is {_site_text(theirs)}"
+                return f"built for {self.family}, whose layer {mine.path} is {_site_text(mine)}; in this {target} it is {_site_text(theirs)}"
         return None
 
 

@@ -19,7 +19,7 @@ from .unet_layout import UNetLayout
 
 FORMAT = "vldm.temporal_layers"
 FORMAT_VERSION = 1
-MODES = ("keyframe", "prediction", "interpolation", "upscaler")
+MODES = ("keyframe", "prediction", "interpolation", "upscaler", "decoder")
 
 
 class WeightFileError(ValueError):
@@ -77,15 +77,17 @@ def _guess_foreign(keys):
     return "its metadata lacks format='vldm.temporal_layers'; train or export temporal layers with this pack"
 
 
-def load_temporal_layers(path, unet_layout: UNetLayout, ops=nn, prediction_type=None) -> TemporalLayers:
+def load_temporal_layers(path, unet_layout: UNetLayout, ops=nn, prediction_type=None, target="MODEL") -> TemporalLayers:
     """Build the layers a file describes and load its weights, after checking
-    they fit a UNet of ``unet_layout``."""
+    they fit a UNet (or, with ``target`` "VAE", a decoder) of ``unet_layout``."""
     name = os.path.basename(path)
     metadata = read_metadata(path)
     file_layout = UNetLayout.from_json(metadata["unet_layout"])
-    mismatch = file_layout.mismatch(unet_layout)
+    mismatch = file_layout.mismatch(unet_layout, target)
     if mismatch:
-        raise WeightFileError(f"temporal layers in {name} were {mismatch}. Pick a temporal-layer file trained for {unet_layout.family}, or load the checkpoint they were trained on.")
+        raise WeightFileError(
+            f"temporal layers in {name} were {mismatch}. Pick a temporal-layer file trained for {unet_layout.family}, or load the {target} they were trained on."
+        )
     trained_for = metadata.get("prediction_type") or None
     if trained_for and prediction_type and trained_for != prediction_type:
         raise WeightFileError(

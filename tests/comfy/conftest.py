@@ -11,6 +11,9 @@ text encoder, a way to read a result back):
 
 * ``VLDMTest_TinyModel``: a tiny random SD1.x-layout MODEL (a real
   ``comfy.model_base.BaseModel`` in a ``ModelPatcher``) and two CONDITIONINGs;
+* ``VLDMTest_TinyUpscaler``: the same for a tiny random SD x4 upscaler
+  (``comfy.model_base.SD_X4Upscaler``), with 1024-wide CONDITIONINGs;
+* ``VLDMTest_Image``: an IMAGE of random values of any shape;
 * ``VLDMTest_Latent``: a LATENT of any shape (zeros), optionally with a
   frame rate and a noise mask, for inputs no tiny model makes;
 * ``VLDMTest_CaptureLatent``: an output node that stores its LATENT's samples
@@ -91,12 +94,29 @@ TOKENS = 7
 def tiny_model(context_dim=768, seed=0):
     """A random SD1.x-layout image MODEL (15 temporal sites), small enough for the CPU."""
     import comfy.model_base
-    import comfy.model_patcher
     import comfy.supported_models
-    import torch
 
     config = comfy.supported_models.SD15(dict(TINY_UNET, context_dim=context_dim))
-    model = comfy.model_base.BaseModel(config, device="cpu")
+    return _random_weights(comfy.model_base.BaseModel(config, device="cpu"), seed)
+
+
+def tiny_upscaler(seed=0):
+    """A random SD x4 upscaler MODEL (``comfy.model_base.SD_X4Upscaler``: 7 input
+    channels, the noise level as class label, v-prediction, context 1024) with
+    the tiny model's channels."""
+    import comfy.model_base
+    import comfy.supported_models
+
+    config = comfy.supported_models.SD_X4Upscaler(dict(TINY_UNET, in_channels=7, context_dim=1024, use_linear_in_transformer=True))
+    config.unet_config["disable_self_attentions"] = [True, False]  # per level; the real one's first levels cross-attend only, too
+    return _random_weights(comfy.model_base.SD_X4Upscaler(config, device="cpu"), seed)
+
+
+def _random_weights(model, seed):
+    """``model`` with random weights, in eval mode, in a CPU ModelPatcher."""
+    import comfy.model_patcher
+    import torch
+
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         for p in model.parameters():
@@ -132,6 +152,48 @@ class TinyModelLoader:
 
     def load(self, seed, context_dim):
         return (tiny_model(context_dim, seed), *tiny_conds(context_dim, seed))
+
+
+class TinyUpscalerLoader:
+    """Test-only loader: a tiny random SD x4 upscaler and two 1024-wide CONDITIONINGs."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31})}}
+
+    RETURN_TYPES = ("MODEL", "CONDITIONING", "CONDITIONING")
+    RETURN_NAMES = ("model", "positive", "negative")
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, seed):
+        return (tiny_upscaler(seed), *tiny_conds(1024, seed))
+
+
+class ImageOfShape:
+    """Test-only source: an IMAGE of uniform random values of the given shape, e.g.
+    "4,16,16,3"; ``vary_frame`` >= 0 draws that frame from another seed."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "shape": ("STRING", {"default": "4,16,16,3"}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
+            "vary_frame": ("INT", {"default": -1, "min": -1, "max": 4096}),
+        }}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "make"
+    CATEGORY = "testing"
+
+    def make(self, shape, seed, vary_frame):
+        import torch
+
+        shape = [int(n) for n in shape.split(",")]
+        image = torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+        if vary_frame >= 0:
+            image[vary_frame] = torch.rand(shape, generator=torch.Generator().manual_seed(seed + 1))[vary_frame]
+        return (image,)
 
 
 class CaptureLatent:
@@ -183,7 +245,10 @@ class LatentOfShape:
         return (latent,)
 
 
-TEST_NODES = {"VLDMTest_TinyModel": TinyModelLoader, "VLDMTest_CaptureLatent": CaptureLatent, "VLDMTest_Latent": LatentOfShape}
+TEST_NODES = {
+    "VLDMTest_TinyModel": TinyModelLoader, "VLDMTest_CaptureLatent": CaptureLatent, "VLDMTest_Latent": LatentOfShape,
+    "VLDMTest_TinyUpscaler": TinyUpscalerLoader, "VLDMTest_Image": ImageOfShape,
+}
 
 
 class RunResult:
@@ -252,6 +317,7 @@ class Comfy:
         comfy.utils.set_progress_bar_global_hook(progress)
 
     tiny_model = staticmethod(tiny_model)
+    tiny_upscaler = staticmethod(tiny_upscaler)
     tiny_conds = staticmethod(tiny_conds)
 
     def add_nodes(self, mapping):
@@ -260,26 +326,31 @@ class Comfy:
     def module(self, name):
         """The pack's own loaded module ``name`` (e.g. "nodes.comfy_bridge"): ComfyUI
         names a custom node package after its path, so its modules are not importable by name."""
-        return sys.modules[f"{self.pack_dir.replace('.', '_x_')}.{name}"]
+        import importlib
+
+        return importlib.import_module(f"{self.pack_dir.replace('.', '_x_')}.{name}")
 
     @property
     def temporal_layers_dir(self):
         return self.folder_paths.get_folder_paths("temporal_layers")[0]
 
-    def save_trained_looking_layers(self, name, train_frames, modes, seed=0, **config):
-        """A temporal-layer file in the registered folder for the tiny model, every
-        weight moved off its initial value as training would (so the layers act)."""
+    def save_trained_looking_layers(self, name, train_frames, modes, seed=0, model=None, **config):
+        """A temporal-layer file in the registered folder for ``model`` (default: the
+        tiny model), every weight moved off its initial value as training would
+        (so the layers act)."""
         import torch
 
         temporal = self.module("vldm_core.temporal")
-        layout = self.module("vldm_core.unet_layout").find_layout(self.module("nodes.comfy_bridge").unet_of(tiny_model()))
+        bridge = self.module("nodes.comfy_bridge")
+        model = model or tiny_model()
+        layout = self.module("vldm_core.unet_layout").find_layout(bridge.unet_of(model))
         layers = temporal.TemporalLayers(layout, temporal.TemporalConfig(**config))
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for p in layers.parameters():
                 p.add_(torch.randn(p.shape, generator=g) * 0.05)
         self.module("vldm_core.weights").save_temporal_layers(
-            layers, os.path.join(self.temporal_layers_dir, name), train_frames=train_frames, modes=modes, prediction_type="eps", overwrite=True
+            layers, os.path.join(self.temporal_layers_dir, name), train_frames=train_frames, modes=modes, prediction_type=bridge.prediction_type(model), overwrite=True
         )
         return name
 

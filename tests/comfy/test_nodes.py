@@ -388,12 +388,12 @@ def test_memory_reservation_counts_the_temporal_activations(bridge, layer_files,
 def test_keyframe_sampler_reports_progress_per_step(comfy, layer_files):
     from comfy import utils as comfy_utils
 
-    updates = []
+    updates, harness_hook = [], comfy_utils.PROGRESS_BAR_HOOK
     comfy_utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None, **kw: updates.append((node_id, value, total)))
     try:
         result = comfy.run({"1": loader(seed=3), "2": patcher(["1", 0], layer_files[0]), "3": keyframes(["2", 0]), "4": capture(["3", 0], key("progress"))})
     finally:
-        comfy_utils.set_progress_bar_global_hook(None)
+        comfy_utils.set_progress_bar_global_hook(harness_hook)  # later tests read progress through the harness's hook
     assert result.ok, result.messages
     assert [(value, total) for _, value, total in updates] == [(step, STEPS) for step in range(1, STEPS + 1)]
 

@@ -1,0 +1,110 @@
+import logging
+from fractions import Fraction
+
+import comfy.model_management
+import comfy.ops
+import comfy.utils
+import folder_paths
+import torch
+from comfy_api.latest import InputImpl, Types, io
+
+from ..vldm_core.temporal_decoder import UPSCALE, decode_frames, decode_video, find_decoder_layout, is_video_decoder
+from ..vldm_core.weights import load_temporal_layers
+from ..vldm_core.windows import spans
+from .comfy_bridge import DECODER_FOLDER
+
+IMAGE_DECODER = "none (the VAE's own decoder)"
+
+# Memory ComfyUI reserves per decoded frame covers the image decoder; the
+# temporal blocks keep one more activation of each resolution alive.
+TEMPORAL_DECODE_FACTOR = 1.5
+
+
+def pieces(frames, height, width, window, overlap, tile, tile_overlap):
+    """How many windows (times tiles) a decode runs: the progress bar's length."""
+    count = len(spans(frames, window, overlap))
+    if tile:
+        count *= len(spans(height, tile, tile_overlap)) * len(spans(width, tile, tile_overlap))
+    return count
+
+
+def window_decoder(vae, temporal_decoder, progress):
+    """``decode(latents)`` of one window as one video, on the VAE's device, to pixels in [0, 1]."""
+    first_stage = vae.first_stage_model
+    temporal = None
+    if temporal_decoder != IMAGE_DECODER:
+        if is_video_decoder(first_stage.decoder):
+            raise ValueError(f"this VAE is Stable Video Diffusion's, which has its own temporal decoder: set temporal_decoder to '{IMAGE_DECODER}'")
+        layout = find_decoder_layout(first_stage.decoder)
+        path = folder_paths.get_full_path_or_raise(DECODER_FOLDER, temporal_decoder)
+        temporal = load_temporal_layers(path, layout, ops=comfy.ops.manual_cast, target="VAE")
+        if "decoder" not in temporal.modes:
+            raise ValueError(f"{temporal_decoder} holds temporal layers for {', '.join(temporal.modes)}, not a temporal decoder: pick a file trained as a temporal decoder")
+        temporal = temporal.to(vae.device, vae.vae_dtype).eval()
+
+    def decode(latents):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        z = latents.to(vae.device, vae.vae_dtype)
+        with torch.no_grad():
+            if temporal is None:
+                # the VAE's own decode: frame by frame, or SVD's decoder with the window as its video
+                pixels = first_stage.decode(z)
+            else:
+                pixels = decode_frames(first_stage.decoder, first_stage.post_quant_conv(z), temporal, frames=z.shape[0])
+        progress.update(1)
+        return vae.process_output(pixels.float()).to(vae.output_device)
+
+    return decode, temporal is not None
+
+
+class TemporalVAEDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VLDM_TemporalVAEDecode",
+            display_name="Temporal VAE Decode",
+            category="Video LDM",
+            description="Decodes a latent video to frames with the temporally fine-tuned decoder, which removes the flicker of frame-by-frame decoding. Runs in fixed windows of frames (and optional tiles), so the result does not depend on free memory.",
+            inputs=[
+                io.Vae.Input("vae", tooltip="The SD 1.x / 2.x VAE (KL-f8) the temporal decoder was trained on, or Stable Video Diffusion's VAE. It is not changed."),
+                io.Latent.Input("samples", tooltip="A latent video, one latent per frame (e.g. from the Interpolator)."),
+                io.Combo.Input(
+                    "temporal_decoder",
+                    options=[IMAGE_DECODER] + folder_paths.get_filename_list(DECODER_FOLDER),
+                    tooltip="A temporal-decoder file from models/temporal_decoders, trained for this VAE; 'none' decodes with the VAE's own decoder (frame by frame for SD, temporally for SVD).",
+                ),
+                io.Int.Input("window_frames", default=16, min=1, max=4096, tooltip="Frames decoded together; the temporal decoder sees this many neighbours."),
+                io.Int.Input("window_overlap", default=4, min=0, max=4095, tooltip="Frames shared by neighbouring windows, blended to hide the seams."),
+                io.Int.Input("tile_size", default=0, min=0, max=8192, step=64, tooltip="Decode in square tiles of this many pixels (a multiple of 64); 0 decodes whole frames."),
+                io.Int.Input("tile_overlap", default=64, min=0, max=4096, step=8, tooltip="Pixels shared by neighbouring tiles, blended."),
+                io.Float.Input("frame_rate", default=8.0, min=0.1, max=240.0, step=0.1, tooltip="Frames per second of the VIDEO where the latent carries none (the Keyframe Sampler and Interpolator set it)."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="IMAGE", tooltip="The decoded frames."),
+                io.Video.Output(display_name="VIDEO", tooltip="The frames with their frame rate, for Save Video."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, vae, samples, temporal_decoder, window_frames, window_overlap, tile_size, tile_overlap, frame_rate) -> io.NodeOutput:
+        latents = samples["samples"]
+        if latents.ndim != 4:
+            raise ValueError(f"this LATENT has shape {tuple(latents.shape)}; Temporal VAE Decode takes a video as (frames, channels, height, width): decode a video model's 5-D latent with VAE Decode")
+        if window_overlap >= window_frames:
+            raise ValueError(f"window_overlap {window_overlap} must be smaller than window_frames {window_frames}")
+        tile, overlap = tile_size // UPSCALE, tile_overlap // UPSCALE
+        if tile_size and (tile_size % 64 or overlap >= tile):
+            raise ValueError(f"tile_size {tile_size} with tile_overlap {tile_overlap}: use a multiple of 64 and an overlap smaller than the tile (e.g. {max(64, tile_size - tile_size % 64)} and 64)")
+        frames, _, height, width = latents.shape
+        progress = comfy.utils.ProgressBar(pieces(frames, height, width, window_frames, window_overlap, tile, overlap))
+        decode, temporal = window_decoder(vae, temporal_decoder, progress)
+        if not temporal and not is_video_decoder(vae.first_stage_model.decoder):
+            logging.info("Temporal VAE Decode: no temporal decoder chosen, decoding frame by frame")
+        window_shape = (min(window_frames, frames), latents.shape[1], min(tile or height, height), min(tile or width, width))
+        memory = vae.memory_used_decode(window_shape, vae.vae_dtype) * window_shape[0] * (TEMPORAL_DECODE_FACTOR if temporal else 1.0)
+        comfy.model_management.load_models_gpu([vae.patcher], memory_required=memory, force_full_load=vae.disable_offload)
+        pixels = decode_video(decode, latents, window_frames, window_overlap, tile, overlap)
+        images = pixels.movedim(1, -1).contiguous()
+        rate = samples.get("frame_rate", frame_rate)
+        video = InputImpl.VideoFromComponents(Types.VideoComponents(images=images, frame_rate=Fraction(rate).limit_denominator(1000)))
+        return io.NodeOutput(images, video)
