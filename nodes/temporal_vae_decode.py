@@ -90,6 +90,8 @@ class TemporalVAEDecode(io.ComfyNode):
         latents = samples["samples"]
         if latents.ndim != 4:
             raise ValueError(f"this LATENT has shape {tuple(latents.shape)}; Temporal VAE Decode takes a video as (frames, channels, height, width): decode a video model's 5-D latent with VAE Decode")
+        if vae.latent_dim != 2:
+            raise ValueError("this VAE is a video VAE (it decodes 3-D latents, as Wan's or Hunyuan's): decode its latents with VAE Decode; Temporal VAE Decode takes SD's KL-f8 VAE or SVD's")
         if window_overlap >= window_frames:
             raise ValueError(f"window_overlap {window_overlap} must be smaller than window_frames {window_frames}")
         tile, overlap = tile_size // UPSCALE, tile_overlap // UPSCALE

@@ -61,7 +61,7 @@ def map_windows(fn, x, dim, size, overlap, scale=1, store=None):
         weight_sum[start * scale:start * scale + piece.shape[dim]] += weights
     shape = [1] * total.ndim
     shape[dim] = -1
-    return total / weight_sum.view(shape)
+    return total.div_(weight_sum.view(shape))
 
 
 def map_tiles(fn, x, size, overlap, scale=1, store=None):

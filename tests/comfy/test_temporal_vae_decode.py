@@ -215,3 +215,6 @@ def test_a_vae_that_is_not_kl_f8_is_refused(comfy, files):
     vae.first_stage_model.decoder.num_resolutions = 3  # as the x4 upscaler's KL-f4 VAE
     with pytest.raises(ValueError, match="4x upsampling; the temporal decoder needs SD's KL-f8 VAE"):
         node.execute(vae, {"samples": torch.zeros(2, 4, 4, 4)}, FRESH, 4, 1, 0, 64, 8.0)
+    vae.latent_dim = 3  # as Wan's or Hunyuan's video VAE
+    with pytest.raises(ValueError, match="video VAE .*decode its latents with VAE Decode"):
+        node.execute(vae, {"samples": torch.zeros(2, 4, 4, 4)}, "none (the VAE's own decoder)", 4, 1, 0, 64, 8.0)
