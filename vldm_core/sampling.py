@@ -12,12 +12,17 @@ from .guidance import context_guided
 from .masking import context_input
 
 
-def discrete_sigmas(beta_start=0.00085, beta_end=0.012, timesteps=1000):
-    """The noise levels of SD's training timesteps ("scaled linear" betas),
-    sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t): 0.0292 at t = 0 to 14.6146 at t = 999."""
+def alphas_cumprod(beta_start=0.00085, beta_end=0.012, timesteps=1000):
+    """alpha_bar_t of SD's training timesteps ("scaled linear" betas), in float64."""
     betas = torch.linspace(beta_start**0.5, beta_end**0.5, timesteps, dtype=torch.float64) ** 2
-    alphas_cumprod = torch.cumprod(1 - betas, dim=0)
-    return ((1 - alphas_cumprod) / alphas_cumprod).sqrt().float()
+    return torch.cumprod(1 - betas, dim=0)
+
+
+def discrete_sigmas(**schedule):
+    """The noise levels of SD's training timesteps, sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t):
+    0.0292 at t = 0 to 14.6146 at t = 999."""
+    alpha_bar = alphas_cumprod(**schedule)
+    return ((1 - alpha_bar) / alpha_bar).sqrt().float()
 
 
 def sigma_at(train_sigmas, t):

@@ -1,0 +1,1 @@
+"""Training the temporal layers, prediction and interpolation models, temporal decoder and upscaler."""
