@@ -28,6 +28,7 @@ class UNetConfig:
     head_dim: int = 16
     context_dim: int = 32
     norm_groups: int = 32
+    num_classes: int = 0  # > 0: a class label y joins the timestep embedding (the x4 upscaler's noise level)
 
     def to_dict(self):
         return asdict(self)
@@ -144,6 +145,8 @@ class UNetModel(nn.Module):
         ch, groups = config.model_channels, config.norm_groups
         emb_ch = ch * 4
         self.time_embed = nn.Sequential(nn.Linear(ch, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
+        if config.num_classes:
+            self.label_emb = nn.Embedding(config.num_classes, emb_ch)
 
         def level_block(level, in_ch, out_ch):
             layers = [ResBlock(in_ch, emb_ch, out_ch, groups)]
@@ -174,11 +177,16 @@ class UNetModel(nn.Module):
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
         self.out = nn.Sequential(group_norm(ch, groups), nn.SiLU(), nn.Conv2d(ch, config.out_channels, 3, padding=1))
 
-    def forward(self, x, timesteps, context, frames=None, masked_context=None):
+    def forward(self, x, timesteps, context, frames=None, masked_context=None, y=None):
         """``x``: ``(b t) c h w`` frames; ``frames``: t, default one video of all of x;
-        ``masked_context``: c_S for temporal layers trained with context frames."""
+        ``masked_context``: c_S for temporal layers trained with context frames;
+        ``y``: class labels per frame where the config has classes."""
         frames = frames or x.shape[0]
         emb = self.time_embed(sinusoidal_embedding(timesteps, self.config.model_channels).to(x.dtype))
+        if self.config.num_classes:
+            if y is None:
+                raise ValueError("this UNet takes a class label y (e.g. the upscaler's noise level) with every frame")
+            emb = emb + self.label_emb(y)
         skips, h = [], x
         for block in self.input_blocks:
             h = block(h, emb, context, frames, masked_context)

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -107,3 +109,14 @@ def test_single_frame_is_the_image_model_for_res_blocks_padding():
     inject(unet, layers.by_site())
     out = forward(unet, x, t, context, 1)
     assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_class_labels_join_the_timestep_embedding():
+    """The x4 upscaler's noise level reaches the UNet as a class label y, as in SD's layout."""
+    unet = tiny_unet(replace(TINY, num_classes=5))
+    x, t, context = video_batch()
+    with torch.no_grad():
+        low, high = unet(x, t, context, y=torch.zeros(6, dtype=torch.long)), unet(x, t, context, y=torch.full((6,), 4))
+    assert unet.label_emb.weight.shape == (5, unet.time_embed[0].out_features) and (low - high).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="takes a class label y"):
+        unet(x, t, context)
