@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def to_video(z, frames):
@@ -96,7 +97,19 @@ class AlphaMerge(nn.Module):
 class TemporalLayer(nn.Module):
     """Base of the layers inserted after spatial blocks; a UNet calls them as
     ``layer(z, emb, context, frames, masked_context)``, the last being
-    ``c_S = (m * z, m)`` at latent resolution or None (see masking.py)."""
+    ``c_S = (m * z, m)`` at latent resolution or None (see masking.py).
+    With ``gradient_checkpointing`` set, training recomputes a layer's
+    activations in the backward pass instead of keeping them."""
+
+    gradient_checkpointing = False
+
+    def forward(self, z, emb, context, frames, masked_context=None):
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(self.compute, z, emb, context, frames, masked_context, use_reentrant=False)
+        return self.compute(z, emb, context, frames, masked_context)
+
+    def compute(self, z, emb, context, frames, masked_context):
+        raise NotImplementedError
 
     def zero_init_last(self):
         raise NotImplementedError
@@ -138,7 +151,7 @@ class TemporalResBlock(TemporalLayer):
         resized = F.interpolate(masked_context.to(z.dtype), size=z.shape[-2:], mode="area")
         return to_video(self.context_proj(resized), frames)
 
-    def forward(self, z, emb, context, frames, masked_context=None):
+    def compute(self, z, emb, context, frames, masked_context=None):
         h = F.silu(self.norm1(to_video(z, frames)))
         if masked_context is not None:
             h = h + self.encode_context(masked_context, z, frames)
@@ -201,7 +214,7 @@ class TemporalAttentionBlock(TemporalLayer):
         by_position = rearrange(x, "(b t) n c -> (b n) t c", t=frames).contiguous()
         return rearrange(self.self_attn(by_position), "(b n) t c -> (b t) n c", n=x.shape[1])
 
-    def forward(self, z, emb, context, frames, masked_context=None):
+    def compute(self, z, emb, context, frames, masked_context=None):
         height, width = z.shape[-2:]
         # Tokens stay frame-major, (b t) (h w) c, as in the spatial transformer:
         # cross-attention, feed-forward and projections run on contiguous rows,

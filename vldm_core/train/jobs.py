@@ -1,0 +1,86 @@
+"""Training jobs for the loop (loop.TrainJob): what each weight file the nodes
+load is trained on, with the image model frozen.
+
+``TemporalLayersJob`` trains a UNet's temporal layers: as a key-frame model,
+and, with context frames, as a prediction and/or interpolation model in one
+run (each video of a batch draws its mode). The base UNet keeps the schedule
+and prediction type it was trained with; only the temporal layers (which hold
+the context encoder) are handed to the loop.
+"""
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+
+from ..sampling import alphas_cumprod
+from ..unet_layout import inject
+from .objectives import draw_context, draw_timesteps, masked_context, noised
+
+CONTEXT_MODES = ("prediction", "interpolation")
+
+
+class TemporalLayersJob:
+    """Temporal layers on a frozen image UNet, trained with the image model's objective on videos.
+
+    ``encode_text(captions) -> (b, tokens, dim)`` embeds the captions (frozen);
+    batches hold ``latents`` ``(b, t, c, h, w)``, already scaled as the UNet
+    sees them, and ``caption``."""
+
+    def __init__(self, unet, layers, encode_text, prediction_type="eps", modes=("keyframe",), stages=None):
+        unknown = set(modes) - {"keyframe", *CONTEXT_MODES}
+        if unknown:
+            raise ValueError(f"modes {sorted(unknown)}: temporal layers of a UNet train as keyframe, prediction and/or interpolation models")
+        if any(m in CONTEXT_MODES for m in modes) and not layers.config.context_latent_channels:
+            raise ValueError("prediction and interpolation train on context frames: build the layers with context_latent_channels set")
+        self.unet = unet.requires_grad_(False).eval()
+        inject(self.unet, layers.by_site())
+        self.module = layers.requires_grad_(True).train()
+        self.encode_text, self.prediction_type, self.modes = encode_text, prediction_type, tuple(modes)
+        self.stages = stages if layers.config.interpolation_stage else None
+        self.alpha_bar = alphas_cumprod()
+
+    def config_dict(self):
+        return {
+            "modes": list(self.modes),
+            "prediction_type": self.prediction_type,
+            "layout": self.module.layout.to_json(),
+            "temporal_config": self.module.config.to_dict(),
+            "stages": list(self.stages or []),
+        }
+
+    def set_gradient_checkpointing(self, enabled):
+        for layer in self.module.layers.values():
+            layer.gradient_checkpointing = enabled
+
+    def contexts(self, latents, generator):
+        """c_S for each video: a mode drawn from this job's modes, then its mask
+        (key-frame videos, and context modes drawing S = 0, know no frame)."""
+        if not any(m in CONTEXT_MODES for m in self.modes):
+            return None
+        masks, stages = [], []
+        frames = latents.shape[1]
+        for _ in range(latents.shape[0]):
+            mode = self.modes[torch.randint(len(self.modes), (1,), generator=generator).item()]
+            if mode == "keyframe":
+                mask, stage = torch.zeros(frames), None if self.stages is None else 0
+            else:
+                mask, stage = draw_context(mode, frames, generator, self.stages)
+            masks.append(mask)
+            stages.append(stage)
+        return masked_context(latents, masks, stages)
+
+    def loss(self, batch, generator):
+        latents = batch["latents"]
+        videos, frames = latents.shape[:2]
+        device = next(self.module.parameters()).device
+        latents = latents.to(device)
+        t = draw_timesteps(videos, generator)
+        noise = torch.randn(latents.shape, generator=generator).to(device)
+        c_s = self.contexts(latents, generator)
+        x_t, target = noised(latents, noise, t.to(device), self.alpha_bar, self.prediction_type)
+        with torch.no_grad():
+            context = repeat(self.encode_text(batch["caption"]).to(device), "b n d -> (b t) n d", t=frames)
+        prediction = self.unet(
+            rearrange(x_t, "b t c h w -> (b t) c h w"), t.to(device).repeat_interleave(frames), context, frames=frames, masked_context=c_s,
+        )
+        return F.mse_loss(prediction.float(), rearrange(target, "b t c h w -> (b t) c h w").float())
