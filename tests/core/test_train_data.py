@@ -14,33 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from tiny_models import STEP, write_video
 from vldm_core.train.data import (
     LatentCache, LatentClips, SeekedPast, VideoClips, VideoItem, VideoReadError, cover_size, find_videos, pick_frames,
     probe, read_clip,
 )
 
-STEP = 5  # brightness per frame of the counter: survives the codec's rounding
-
-
-def write_video(path, frames, fps, width=64, height=48, codec="libx264", gop=None):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        if codec == "libx264":
-            stream.options = {"qp": "0"}
-        if gop:
-            stream.codec_context.gop_size = gop
-        for number in range(frames):
-            image = np.zeros((height, width, 3), np.uint8)
-            image[:16] = STEP * number
-            x = number % (width - 12)
-            image[24:36, x:x + 12] = (230, 40, 90)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 def counters(clip):

@@ -1,5 +1,7 @@
 """Tiny models and data that the core tests build."""
 
+import av
+import numpy as np
 import torch
 
 from vldm_core.temporal import TemporalLayers
@@ -29,3 +31,27 @@ def video_batch(frames=6, size=8, config=TINY, seed=2):
     t = torch.full((frames,), 400)
     context = torch.randn(1, 5, config.context_dim, generator=g).expand(frames, -1, -1)
     return x, t, context
+
+
+STEP = 5  # brightness per frame of the counter: survives the codec's rounding
+
+
+def write_video(path, frames, fps, width=64, height=48, codec="libx264", gop=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if codec == "libx264":
+            stream.options = {"qp": "0"}
+        if gop:
+            stream.codec_context.gop_size = gop
+        for number in range(frames):
+            image = np.zeros((height, width, 3), np.uint8)
+            image[:16] = STEP * number
+            x = number % (width - 12)
+            image[24:36, x:x + 12] = (230, 40, 90)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

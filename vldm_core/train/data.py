@@ -275,7 +275,7 @@ def cover_size(source, target):
 
 def to_model_range(clip):
     """uint8 ``(T, H, W, 3)`` to float ``(T, 3, H, W)`` in [-1, 1]."""
-    return clip.permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    return clip.permute(0, 3, 1, 2).float().div(127.5).sub(1).contiguous()  # channels-first in memory too, as models expect
 
 
 def resize_crop(pixels, size, top, left, flip=False):

@@ -24,9 +24,10 @@ class TemporalLayersJob:
 
     ``encode_text(captions) -> (b, tokens, dim)`` embeds the captions (frozen);
     batches hold ``latents`` ``(b, t, c, h, w)``, already scaled as the UNet
-    sees them, and ``caption``."""
+    sees them, or ``pixels`` ``(b, t, 3, H, W)`` that ``encode_frames(pixels
+    (n, 3, H, W)) -> latents`` encodes (frozen) on the training device; and ``caption``."""
 
-    def __init__(self, unet, layers, encode_text, prediction_type="eps", modes=("keyframe",), stages=None):
+    def __init__(self, unet, layers, encode_text, prediction_type="eps", modes=("keyframe",), stages=None, encode_frames=None):
         unknown = set(modes) - {"keyframe", *CONTEXT_MODES}
         if unknown:
             raise ValueError(f"modes {sorted(unknown)}: temporal layers of a UNet train as keyframe, prediction and/or interpolation models")
@@ -35,7 +36,7 @@ class TemporalLayersJob:
         self.unet = unet.requires_grad_(False).eval()
         inject(self.unet, layers.by_site())
         self.module = layers.requires_grad_(True).train()
-        self.encode_text, self.prediction_type, self.modes = encode_text, prediction_type, tuple(modes)
+        self.encode_text, self.encode_frames, self.prediction_type, self.modes = encode_text, encode_frames, prediction_type, tuple(modes)
         self.stages = stages if layers.config.interpolation_stage else None
         self.alpha_bar = alphas_cumprod()
 
@@ -69,11 +70,20 @@ class TemporalLayersJob:
             stages.append(stage)
         return masked_context(latents, masks, stages)
 
+    def latents(self, batch, device):
+        if "latents" in batch:
+            return batch["latents"].to(device)
+        videos = batch["pixels"].shape[0]
+        with torch.no_grad():
+            frames = self.encode_frames(rearrange(batch["pixels"].to(device), "b t c h w -> (b t) c h w"))
+        # decoded video arrives channels-last, and so do the encoder's outputs: PyTorch's
+        # CPU GroupNorm backward crashes on channels-last input, so train on contiguous latents
+        return rearrange(frames, "(b t) c h w -> b t c h w", b=videos).contiguous()
+
     def loss(self, batch, generator):
-        latents = batch["latents"]
-        videos, frames = latents.shape[:2]
         device = next(self.module.parameters()).device
-        latents = latents.to(device)
+        latents = self.latents(batch, device)
+        videos, frames = latents.shape[:2]
         t = draw_timesteps(videos, generator)
         noise = torch.randn(latents.shape, generator=generator).to(device)
         c_s = self.contexts(latents, generator)

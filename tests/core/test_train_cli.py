@@ -1,0 +1,90 @@
+"""``python -m vldm_core.train``: a config file trains temporal layers on the
+pack's own small models from a folder of videos and exports the file the nodes
+load; bad configs are refused before anything is loaded."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vldm_core.autoencoder import AutoencoderKL
+from vldm_core.model_files import load_model, save_model
+from vldm_core.text_encoder import TextEncoder, TextEncoderConfig
+from vldm_core.train.cli import check_config, run
+from vldm_core.unet import UNetConfig, UNetModel
+from vldm_core.unet_layout import find_layout
+from vldm_core.weights import WeightFileError, load_temporal_layers
+
+from tiny_models import write_video
+
+TEXT = TextEncoderConfig(dim=24, layers=1, heads=2)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("base")
+    torch.manual_seed(0)
+    save_model(UNetModel(UNetConfig(model_channels=32, channel_mult=(1, 2), head_dim=16, context_dim=TEXT.dim)), folder / "unet.safetensors", prediction_type="eps")
+    save_model(TextEncoder(TEXT), folder / "text.safetensors")
+    save_model(AutoencoderKL(), folder / "ae.safetensors", latent_scale=0.5)
+    videos = folder / "videos"
+    for i in range(3):
+        write_video(videos / f"clip{i}.mp4", frames=12, fps=8, width=64, height=64)
+        (videos / f"clip{i}.txt").write_text("a red square moving right")
+    return folder
+
+
+def config(base, out, **changes):
+    values = {
+        "job": {"kind": "temporal_layers", "modes": ["keyframe", "prediction"]},
+        "base": {"unet": str(base / "unet.safetensors"), "text_encoder": str(base / "text.safetensors"), "autoencoder": str(base / "ae.safetensors")},
+        "layers": {"context_latent_channels": 4},
+        "data": {"videos": str(base / "videos"), "frames": 4, "fps": 8.0, "size": [64, 64]},
+        "train": {"output_dir": str(out / "run"), "steps": 4, "batch_size": 2, "lr": 1e-3, "ema_decay": 0.5, "checkpoint_every": 4, "log_every": 2},
+        "export": {"path": str(out / "layers.safetensors")},
+    }
+    for key, value in changes.items():
+        name, field = key.split("__")
+        values[name][field] = value
+    return values
+
+
+def test_a_config_trains_and_exports_a_file_the_nodes_load(base, tmp_path):
+    path = run(config(base, tmp_path))
+    unet, _ = load_model(base / "unet.safetensors", "unet")
+    layers = load_temporal_layers(path, find_layout(unet), prediction_type="eps")
+    assert layers.train_frames == 4 and layers.modes == ("keyframe", "prediction")
+    assert any(layer.conv2.weight.abs().sum() > 0 for layer in layers.layers.values() if hasattr(layer, "conv2"))  # trained off zero
+    with pytest.raises(FileExistsError, match="never written over"):
+        run(config(base, tmp_path))
+
+
+def test_latents_can_be_encoded_once_into_a_cache(base, tmp_path):
+    run(config(base, tmp_path, data__latent_cache=str(tmp_path / "cache")))
+    assert list((tmp_path / "cache").rglob("*.safetensors"))
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(job__kind="lora"), "job.kind 'lora'"),
+    (dict(layers__alpha=0.3), "unknown key layers.alpha"),
+    (dict(train__learning_rate=1e-3), "unknown training settings ['learning_rate']"),
+    (dict(data__fps=None), "data.fps is required"),
+])
+def test_config_problems_are_named_before_anything_loads(base, tmp_path, changes, message):
+    values = config(base, tmp_path, **{k: v for k, v in changes.items() if v is not None})
+    if None in changes.values():
+        del values["data"]["fps"]
+    with pytest.raises(ValueError) as error:
+        check_config(values)
+    assert message in str(error.value)
+
+
+def test_a_base_file_of_the_wrong_kind_is_refused(base, tmp_path):
+    with pytest.raises(WeightFileError, match="of kind 'text_encoder'; this needs kind 'unet'"):
+        run(config(base, tmp_path, base__unet=str(base / "text.safetensors")))
+
+
+def test_the_command_line_shows_help_with_an_example_config():
+    result = subprocess.run([sys.executable, "-m", "vldm_core.train", "--help"], capture_output=True, text=True, cwd=str(__import__("pathlib").Path(__file__).parents[2]))
+    assert result.returncode == 0 and "[train]" in result.stdout and "--resume" in result.stdout

@@ -1,0 +1,151 @@
+"""``python -m vldm_core.train CONFIG.toml [--resume]``: one training job from a config file.
+
+A config names the job, its frozen base models, the temporal-layer settings,
+the videos, the loop settings and where the weight file for the nodes goes.
+Every key is checked before any model is loaded or any video is read; the
+exported file is never written over.
+
+    [job]
+    kind = "temporal_layers"          # temporal layers of a UNet
+    modes = ["keyframe"]              # and/or "prediction", "interpolation" (need context_latent_channels)
+    stages = [0, 1]                   # interpolation stages, where [layers] interpolation_stage = true
+
+    [base]                            # the pack's own model files (vldm_core.model_files)
+    unet = "models/unet.safetensors"
+    text_encoder = "models/text_encoder.safetensors"
+    autoencoder = "models/autoencoder.safetensors"
+
+    [layers]                          # vldm_core.temporal.TemporalConfig
+    context_latent_channels = 0
+
+    [data]
+    videos = "videos/"                # a folder of captioned videos (vldm_core.train.data)
+    frames = 8
+    fps = 8.0
+    size = [64, 64]                   # height, width
+    latent_cache = ""                 # a folder: encode the clips once and reuse them
+
+    [train]                           # vldm_core.train.loop.TrainConfig
+    output_dir = "runs/keyframe"
+    steps = 1000
+    batch_size = 8
+
+    [export]
+    path = "temporal_layers/keyframe.safetensors"
+    ema = true                        # the EMA weights (needs train.ema_decay > 0)
+"""
+
+import argparse
+import hashlib
+import os
+import tomllib
+from dataclasses import fields
+
+from ..model_files import load_model
+from ..temporal import TemporalConfig, TemporalLayers
+from ..unet_layout import find_layout
+from ..weights import save_temporal_layers
+from .data import LatentCache, LatentClips, VideoClips
+from .jobs import TemporalLayersJob
+from .loop import TrainConfig, default_device, load_checkpoint_weights, train
+
+SECTIONS = {
+    "job": {"kind": "temporal_layers", "modes": ["keyframe"], "stages": [0, 1]},
+    "base": {"unet": None, "text_encoder": None, "autoencoder": None},
+    "layers": {f.name: f.default for f in fields(TemporalConfig)},
+    "data": {"videos": None, "frames": None, "fps": None, "size": None, "latent_cache": ""},
+    "train": None,  # TrainConfig checks its own keys
+    "export": {"path": None, "ema": True},
+}
+JOBS = ("temporal_layers",)
+
+
+def read_config(path):
+    with open(path, "rb") as f:
+        return tomllib.load(f)
+
+
+def check_config(config):
+    """Every section and key known, every required value given: a ValueError naming each problem and the known keys."""
+    problems = [f"unknown section [{name}] (known: {', '.join(SECTIONS)})" for name in config if name not in SECTIONS]
+    for name, defaults in SECTIONS.items():
+        given = config.get(name, {})
+        if defaults is None:
+            continue
+        problems += [f"unknown key {name}.{key} (known: {', '.join(defaults)})" for key in given if key not in defaults]
+        problems += [f"{name}.{key} is required" for key, default in defaults.items() if default is None and key not in given]
+    kind = config.get("job", {}).get("kind", "temporal_layers")
+    if kind not in JOBS:
+        problems.append(f"job.kind {kind!r}: choose one of {', '.join(JOBS)}")
+    if problems:
+        raise ValueError("the training config has problems:\n  " + "\n  ".join(problems))
+    TrainConfig.from_dict(config.get("train", {}))  # its own unknown and missing keys
+
+
+def section(config, name):
+    return {**SECTIONS[name], **config.get(name, {})}
+
+
+def file_hash(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+def temporal_layers_job(config, device):
+    """The frozen base models, fresh temporal layers, and the job that trains them."""
+    base, job, layer_settings = section(config, "base"), section(config, "job"), section(config, "layers")
+    unet, unet_meta = load_model(base["unet"], "unet")
+    text_encoder, _ = load_model(base["text_encoder"], "text_encoder")
+    autoencoder, ae_meta = load_model(base["autoencoder"], "autoencoder")
+    scale = float(ae_meta.get("latent_scale", 1.0))
+    unet, text_encoder, autoencoder = unet.to(device), text_encoder.to(device).requires_grad_(False), autoencoder.to(device).requires_grad_(False)
+
+    def encode_frames(pixels):
+        return autoencoder.encode(pixels)[0] * scale
+
+    layers = TemporalLayers(find_layout(unet), TemporalConfig(**layer_settings), modes=job["modes"]).to(device)
+    prediction_type = unet_meta.get("prediction_type", "eps")
+    trainer = TemporalLayersJob(unet, layers, text_encoder, prediction_type, job["modes"], tuple(job["stages"]), encode_frames)
+    return trainer, encode_frames, prediction_type
+
+
+def dataset(config, encode_frames, encoder_id):
+    data = section(config, "data")
+    clips = VideoClips(data["videos"], data["frames"], data["fps"], tuple(data["size"]), seed=config.get("train", {}).get("seed", 0))
+    print(clips.summary())
+    if not data["latent_cache"]:
+        return clips
+    cache = LatentCache(data["latent_cache"], {**clips.settings(), "encoder": encoder_id})
+    cache.encode_all(clips, encode_frames)
+    return LatentClips(cache)
+
+
+def export(config, job, checkpoint, prediction_type):
+    settings, train_settings = section(config, "export"), config["train"]
+    weights = load_checkpoint_weights(checkpoint, ema=settings["ema"] and train_settings.get("ema_decay", 0) > 0)
+    layers = TemporalLayers(job.module.layout, job.module.config, modes=job.modes)
+    layers.load_state_dict(weights)
+    save_temporal_layers(layers, settings["path"], train_frames=config["data"]["frames"], modes=job.modes, prediction_type=prediction_type)
+    return settings["path"]
+
+
+def run(config, resume=False):
+    """Check, build, train, export; returns the exported file's path."""
+    check_config(config)
+    target = config["export"]["path"]
+    if os.path.exists(target):
+        raise FileExistsError(f"export.path {target} exists: choose another name (trained files are never written over)")
+    device = default_device()
+    job, encode_frames, prediction_type = temporal_layers_job(config, device)
+    data = dataset(config, encode_frames, f"autoencoder:{file_hash(config['base']['autoencoder'])}")
+    result = train(job, data, TrainConfig.from_dict(config["train"]), resume=resume)
+    return export(config, job, result.checkpoint, prediction_type)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m vldm_core.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="a TOML file as above")
+    parser.add_argument("--resume", action="store_true", help="go on from output_dir's checkpoint (the same config, more steps allowed)")
+    args = parser.parse_args(argv)
+    path = run(read_config(args.config), resume=args.resume)
+    print(f"wrote {path}")
