@@ -12,7 +12,7 @@ from vldm_core.train.loop import TrainConfig, load_checkpoint_weights, train
 from vldm_core.unet_layout import eject, find_layout, inject
 from vldm_core.weights import load_temporal_layers, save_temporal_layers
 
-from tiny_models import TINY, tiny_unet
+from tiny_models import TINY, checkpointed_gradients_agree, tiny_unet
 
 FRAMES, SIZE = 5, 8
 
@@ -101,15 +101,7 @@ def test_prediction_and_interpolation_train_in_one_run(tmp_path):
 def test_gradient_checkpointing_gives_the_same_gradients():
     j = job()
     batch = {"latents": torch.stack([MovingPatterns()[i]["latents"] for i in range(2)]), "caption": ["a", "b"]}
-
-    def grads(enabled):
-        j.set_gradient_checkpointing(enabled)
-        j.module.zero_grad()
-        j.loss(batch, torch.Generator().manual_seed(1)).backward()
-        return [p.grad.clone() for p in j.module.parameters()]
-
-    plain, checkpointed = grads(False), grads(True)
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, checkpointed))
+    assert checkpointed_gradients_agree(j, batch)
 
 
 def test_context_modes_need_layers_with_a_context_encoder():

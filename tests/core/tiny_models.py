@@ -55,3 +55,15 @@ def write_video(path, frames, fps, width=64, height=48, codec="libx264", gop=Non
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def checkpointed_gradients_agree(job, batch):
+    """A job's gradients with and without gradient checkpointing, from the same draws."""
+
+    def grads(enabled):
+        job.set_gradient_checkpointing(enabled)
+        job.module.zero_grad()
+        job.loss(batch, torch.Generator().manual_seed(1)).backward()
+        return [p.grad.clone() for p in job.module.parameters()]
+
+    return all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads(False), grads(True)))
