@@ -13,6 +13,7 @@ from vldm_core.model_files import load_model, save_model
 from vldm_core.text_encoder import TextEncoder, TextEncoderConfig
 from vldm_core.train.cli import check_config, run
 from vldm_core.unet import UNetConfig, UNetModel
+from vldm_core.temporal_decoder import find_decoder_layout
 from vldm_core.unet_layout import find_layout
 from vldm_core.weights import WeightFileError, load_temporal_layers
 
@@ -60,6 +61,16 @@ def test_a_config_trains_and_exports_a_file_the_nodes_load(base, tmp_path):
         run(config(base, tmp_path))
 
 
+def test_a_temporal_decoder_trains_from_the_autoencoder_alone(base, tmp_path):
+    values = config(base, tmp_path, job__kind="temporal_decoder", layers__context_latent_channels=0)
+    del values["base"]["unet"], values["base"]["text_encoder"], values["job"]["modes"]
+    path = run(values)
+    autoencoder, _ = load_model(base / "ae.safetensors", "autoencoder")
+    layers = load_temporal_layers(path, find_decoder_layout(autoencoder.decoder), target="VAE")
+    assert layers.modes == ("decoder",) and layers.train_frames == 4
+    assert any(layer.conv2.weight.abs().sum() > 0 for layer in layers.layers.values())
+
+
 def test_latents_can_be_encoded_once_into_a_cache(base, tmp_path):
     run(config(base, tmp_path, data__latent_cache=str(tmp_path / "cache")))
     assert list((tmp_path / "cache").rglob("*.safetensors"))
@@ -70,6 +81,7 @@ def test_latents_can_be_encoded_once_into_a_cache(base, tmp_path):
     (dict(layers__alpha=0.3), "unknown key layers.alpha"),
     (dict(train__learning_rate=1e-3), "unknown training settings ['learning_rate']"),
     (dict(data__fps=None), "data.fps is required"),
+    (dict(base__unet=""), "base.unet is required for temporal_layers"),
 ])
 def test_config_problems_are_named_before_anything_loads(base, tmp_path, changes, message):
     values = config(base, tmp_path, **{k: v for k, v in changes.items() if v is not None})

@@ -6,9 +6,10 @@ Every key is checked before any model is loaded or any video is read; the
 exported file is never written over.
 
     [job]
-    kind = "temporal_layers"          # temporal layers of a UNet
+    kind = "temporal_layers"          # temporal layers of a UNet; or "temporal_decoder" (needs only [base] autoencoder)
     modes = ["keyframe"]              # and/or "prediction", "interpolation" (need context_latent_channels)
     stages = [0, 1]                   # interpolation stages, where [layers] interpolation_stage = true
+    adversarial_weight = 0.1          # temporal_decoder: weight of the 3D patch discriminator's loss
 
     [base]                            # the pack's own model files (vldm_core.model_files)
     unet = "models/unet.safetensors"
@@ -45,19 +46,22 @@ from ..model_files import load_model
 from ..temporal import TemporalConfig, TemporalLayers
 from ..unet_layout import find_layout
 from ..weights import save_temporal_layers
+from ..temporal_decoder import fresh_temporal_decoder
 from .data import LatentCache, LatentClips, VideoClips
+from .decoder_job import TemporalDecoderJob, export_temporal_decoder
+from .discriminator import VideoDiscriminator
 from .jobs import TemporalLayersJob
 from .loop import TrainConfig, default_device, load_checkpoint_weights, train
 
 SECTIONS = {
-    "job": {"kind": "temporal_layers", "modes": ["keyframe"], "stages": [0, 1]},
-    "base": {"unet": None, "text_encoder": None, "autoencoder": None},
+    "job": {"kind": "temporal_layers", "modes": ["keyframe"], "stages": [0, 1], "adversarial_weight": 0.1},
+    "base": {"unet": "", "text_encoder": "", "autoencoder": None},
     "layers": {f.name: f.default for f in fields(TemporalConfig)},
     "data": {"videos": None, "frames": None, "fps": None, "size": None, "latent_cache": ""},
     "train": None,  # TrainConfig checks its own keys
     "export": {"path": None, "ema": True},
 }
-JOBS = ("temporal_layers",)
+JOBS = ("temporal_layers", "temporal_decoder")
 
 
 def read_config(path):
@@ -77,6 +81,8 @@ def check_config(config):
     kind = config.get("job", {}).get("kind", "temporal_layers")
     if kind not in JOBS:
         problems.append(f"job.kind {kind!r}: choose one of {', '.join(JOBS)}")
+    if kind == "temporal_layers":
+        problems += [f"base.{key} is required for temporal_layers" for key in ("unet", "text_encoder") if not config.get("base", {}).get(key)]
     if problems:
         raise ValueError("the training config has problems:\n  " + "\n  ".join(problems))
     TrainConfig.from_dict(config.get("train", {}))  # its own unknown and missing keys
@@ -92,7 +98,8 @@ def file_hash(path):
 
 
 def temporal_layers_job(config, device):
-    """The frozen base models, fresh temporal layers, and the job that trains them."""
+    """The frozen base models, fresh temporal layers, and the job that trains them;
+    returns (job, encode_frames for the latent cache, export(path, weights))."""
     base, job, layer_settings = section(config, "base"), section(config, "job"), section(config, "layers")
     unet, unet_meta = load_model(base["unet"], "unet")
     text_encoder, _ = load_model(base["text_encoder"], "text_encoder")
@@ -106,27 +113,38 @@ def temporal_layers_job(config, device):
     layers = TemporalLayers(find_layout(unet), TemporalConfig(**layer_settings), modes=job["modes"]).to(device)
     prediction_type = unet_meta.get("prediction_type", "eps")
     trainer = TemporalLayersJob(unet, layers, text_encoder, prediction_type, job["modes"], tuple(job["stages"]), encode_frames)
-    return trainer, encode_frames, prediction_type
+
+    def export(path, weights):
+        trained = TemporalLayers(layers.layout, layers.config, modes=trainer.modes)
+        trained.load_state_dict(weights)
+        save_temporal_layers(trained, path, train_frames=config["data"]["frames"], modes=trainer.modes, prediction_type=prediction_type)
+
+    return trainer, encode_frames, export
+
+
+def temporal_decoder_job(config, device):
+    """The frozen autoencoder, fresh temporal blocks for its decoder and a 3D patch discriminator."""
+    autoencoder, _ = load_model(section(config, "base")["autoencoder"], "autoencoder")
+    autoencoder = autoencoder.to(device)
+    temporal = fresh_temporal_decoder(autoencoder.decoder, TemporalConfig(**section(config, "layers"))).to(device)
+    trainer = TemporalDecoderJob(autoencoder, temporal, VideoDiscriminator().to(device), adversarial_weight=section(config, "job")["adversarial_weight"])
+
+    def export(path, weights):
+        export_temporal_decoder(trainer, path, train_frames=config["data"]["frames"], weights=weights)
+
+    return trainer, None, export
 
 
 def dataset(config, encode_frames, encoder_id):
+    """The videos as clips; through a latent cache where one is set and the job trains on latents."""
     data = section(config, "data")
     clips = VideoClips(data["videos"], data["frames"], data["fps"], tuple(data["size"]), seed=config.get("train", {}).get("seed", 0))
     print(clips.summary())
-    if not data["latent_cache"]:
+    if not data["latent_cache"] or encode_frames is None:
         return clips
     cache = LatentCache(data["latent_cache"], {**clips.settings(), "encoder": encoder_id})
     cache.encode_all(clips, encode_frames)
     return LatentClips(cache)
-
-
-def export(config, job, checkpoint, prediction_type):
-    settings, train_settings = section(config, "export"), config["train"]
-    weights = load_checkpoint_weights(checkpoint, ema=settings["ema"] and train_settings.get("ema_decay", 0) > 0)
-    layers = TemporalLayers(job.module.layout, job.module.config, modes=job.modes)
-    layers.load_state_dict(weights)
-    save_temporal_layers(layers, settings["path"], train_frames=config["data"]["frames"], modes=job.modes, prediction_type=prediction_type)
-    return settings["path"]
 
 
 def run(config, resume=False):
@@ -136,10 +154,13 @@ def run(config, resume=False):
     if os.path.exists(target):
         raise FileExistsError(f"export.path {target} exists: choose another name (trained files are never written over)")
     device = default_device()
-    job, encode_frames, prediction_type = temporal_layers_job(config, device)
+    build = temporal_layers_job if section(config, "job")["kind"] == "temporal_layers" else temporal_decoder_job
+    job, encode_frames, export = build(config, device)
     data = dataset(config, encode_frames, f"autoencoder:{file_hash(config['base']['autoencoder'])}")
     result = train(job, data, TrainConfig.from_dict(config["train"]), resume=resume)
-    return export(config, job, result.checkpoint, prediction_type)
+    use_ema = section(config, "export")["ema"] and config["train"].get("ema_decay", 0) > 0
+    export(target, load_checkpoint_weights(result.checkpoint, ema=use_ema))
+    return target
 
 
 def main(argv=None):
