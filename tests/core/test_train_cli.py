@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from vldm_core.autoencoder import AutoencoderKL
+from vldm_core.autoencoder import AutoencoderConfig, AutoencoderKL
 from vldm_core.model_files import load_model, save_model
 from vldm_core.text_encoder import TextEncoder, TextEncoderConfig
 from vldm_core.train.cli import check_config, run
@@ -69,6 +69,19 @@ def test_a_temporal_decoder_trains_from_the_autoencoder_alone(base, tmp_path):
     layers = load_temporal_layers(path, find_decoder_layout(autoencoder.decoder), target="VAE")
     assert layers.modes == ("decoder",) and layers.train_frames == 4
     assert any(layer.conv2.weight.abs().sum() > 0 for layer in layers.layers.values())
+
+
+def test_an_upscaler_trains_on_clips_and_their_smaller_selves(base, tmp_path):
+    torch.manual_seed(1)
+    upscaler = UNetModel(UNetConfig(in_channels=7, model_channels=32, channel_mult=(1, 2), head_dim=16, context_dim=TEXT.dim, num_classes=351))
+    save_model(upscaler, tmp_path / "x4.safetensors", prediction_type="v")
+    save_model(AutoencoderKL(AutoencoderConfig(ch_mult=(1, 2, 2))), tmp_path / "ae_f4.safetensors")  # the x4 upscaler's VAE is f4
+    values = config(base, tmp_path, job__kind="upscaler", layers__context_latent_channels=0, base__unet=str(tmp_path / "x4.safetensors"),
+                    base__autoencoder=str(tmp_path / "ae_f4.safetensors"), job__patch=8)
+    del values["job"]["modes"]
+    path = run(values)
+    layers = load_temporal_layers(path, find_layout(upscaler), prediction_type="v")
+    assert layers.modes == ("upscaler",) and layers.train_frames == 4
 
 
 def test_latents_can_be_encoded_once_into_a_cache(base, tmp_path):

@@ -6,10 +6,13 @@ Every key is checked before any model is loaded or any video is read; the
 exported file is never written over.
 
     [job]
-    kind = "temporal_layers"          # temporal layers of a UNet; or "temporal_decoder" (needs only [base] autoencoder)
+    kind = "temporal_layers"          # temporal layers of a UNet; "upscaler" (an x4-upscaler-style UNet with its
+                                      # VAE: trains on the clips and their 4x smaller versions); or
+                                      # "temporal_decoder" (needs only [base] autoencoder)
     modes = ["keyframe"]              # and/or "prediction", "interpolation" (need context_latent_channels)
     stages = [0, 1]                   # interpolation stages, where [layers] interpolation_stage = true
     adversarial_weight = 0.1          # temporal_decoder: weight of the 3D patch discriminator's loss
+    patch = 0                         # upscaler: train on random patches of this many latent pixels (0: whole frames)
 
     [base]                            # the pack's own model files (vldm_core.model_files)
     unet = "models/unet.safetensors"
@@ -51,17 +54,18 @@ from .data import LatentCache, LatentClips, VideoClips
 from .decoder_job import TemporalDecoderJob, export_temporal_decoder
 from .discriminator import VideoDiscriminator
 from .jobs import TemporalLayersJob
+from .upscaler_job import UpscalerJob, export_upscaler_layers
 from .loop import TrainConfig, default_device, load_checkpoint_weights, train
 
 SECTIONS = {
-    "job": {"kind": "temporal_layers", "modes": ["keyframe"], "stages": [0, 1], "adversarial_weight": 0.1},
+    "job": {"kind": "temporal_layers", "modes": ["keyframe"], "stages": [0, 1], "adversarial_weight": 0.1, "patch": 0},
     "base": {"unet": "", "text_encoder": "", "autoencoder": None},
     "layers": {f.name: f.default for f in fields(TemporalConfig)},
     "data": {"videos": None, "frames": None, "fps": None, "size": None, "latent_cache": ""},
     "train": None,  # TrainConfig checks its own keys
     "export": {"path": None, "ema": True},
 }
-JOBS = ("temporal_layers", "temporal_decoder")
+JOBS = ("temporal_layers", "upscaler", "temporal_decoder")
 
 
 def read_config(path):
@@ -81,8 +85,8 @@ def check_config(config):
     kind = config.get("job", {}).get("kind", "temporal_layers")
     if kind not in JOBS:
         problems.append(f"job.kind {kind!r}: choose one of {', '.join(JOBS)}")
-    if kind == "temporal_layers":
-        problems += [f"base.{key} is required for temporal_layers" for key in ("unet", "text_encoder") if not config.get("base", {}).get(key)]
+    if kind != "temporal_decoder":
+        problems += [f"base.{key} is required for {kind}" for key in ("unet", "text_encoder") if not config.get("base", {}).get(key)]
     if problems:
         raise ValueError("the training config has problems:\n  " + "\n  ".join(problems))
     TrainConfig.from_dict(config.get("train", {}))  # its own unknown and missing keys
@@ -97,10 +101,10 @@ def file_hash(path):
         return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
-def temporal_layers_job(config, device):
-    """The frozen base models, fresh temporal layers, and the job that trains them;
-    returns (job, encode_frames for the latent cache, export(path, weights))."""
-    base, job, layer_settings = section(config, "base"), section(config, "job"), section(config, "layers")
+def frozen_base(config, device):
+    """The base UNet, caption encoder and autoencoder (frozen) with the UNet's
+    prediction type and the autoencoder's ``encode_frames`` (posterior mean, scaled)."""
+    base = section(config, "base")
     unet, unet_meta = load_model(base["unet"], "unet")
     text_encoder, _ = load_model(base["text_encoder"], "text_encoder")
     autoencoder, ae_meta = load_model(base["autoencoder"], "autoencoder")
@@ -110,8 +114,15 @@ def temporal_layers_job(config, device):
     def encode_frames(pixels):
         return autoencoder.encode(pixels)[0] * scale
 
+    return unet, text_encoder, encode_frames, unet_meta.get("prediction_type", "eps")
+
+
+def temporal_layers_job(config, device):
+    """Fresh temporal layers on the frozen base, and the job that trains them;
+    returns (job, encode_frames for the latent cache, export(path, weights))."""
+    job, layer_settings = section(config, "job"), section(config, "layers")
+    unet, text_encoder, encode_frames, prediction_type = frozen_base(config, device)
     layers = TemporalLayers(find_layout(unet), TemporalConfig(**layer_settings), modes=job["modes"]).to(device)
-    prediction_type = unet_meta.get("prediction_type", "eps")
     trainer = TemporalLayersJob(unet, layers, text_encoder, prediction_type, job["modes"], tuple(job["stages"]), encode_frames)
 
     def export(path, weights):
@@ -120,6 +131,19 @@ def temporal_layers_job(config, device):
         save_temporal_layers(trained, path, train_frames=config["data"]["frames"], modes=trainer.modes, prediction_type=prediction_type)
 
     return trainer, encode_frames, export
+
+
+def upscaler_job(config, device):
+    """Fresh temporal layers on a frozen x4-upscaler-style UNet; the clips are its
+    high-res targets, their 4x area-downsampled frames its low-res input."""
+    unet, text_encoder, encode_frames, prediction_type = frozen_base(config, device)
+    layers = TemporalLayers(find_layout(unet), TemporalConfig(**section(config, "layers")), modes=("upscaler",)).to(device)
+    trainer = UpscalerJob(unet, layers, text_encoder, prediction_type, patch=section(config, "job")["patch"] or None, encode_frames=encode_frames)
+
+    def export(path, weights):
+        export_upscaler_layers(trainer, path, train_frames=config["data"]["frames"], weights=weights)
+
+    return trainer, None, export
 
 
 def temporal_decoder_job(config, device):
@@ -154,7 +178,7 @@ def run(config, resume=False):
     if os.path.exists(target):
         raise FileExistsError(f"export.path {target} exists: choose another name (trained files are never written over)")
     device = default_device()
-    build = temporal_layers_job if section(config, "job")["kind"] == "temporal_layers" else temporal_decoder_job
+    build = {"temporal_layers": temporal_layers_job, "upscaler": upscaler_job, "temporal_decoder": temporal_decoder_job}[section(config, "job")["kind"]]
     job, encode_frames, export = build(config, device)
     data = dataset(config, encode_frames, f"autoencoder:{file_hash(config['base']['autoencoder'])}")
     result = train(job, data, TrainConfig.from_dict(config["train"]), resume=resume)

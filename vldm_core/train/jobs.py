@@ -19,6 +19,19 @@ from .objectives import draw_context, draw_timesteps, masked_context, noised
 CONTEXT_MODES = ("prediction", "interpolation")
 
 
+def video_latents(batch, encode_frames, device):
+    """A batch's latent videos ``(b, t, c, h, w)``: its ``latents``, or its
+    ``pixels`` ``(b, t, 3, H, W)`` encoded (frozen) by ``encode_frames`` on ``device``."""
+    if "latents" in batch:
+        return batch["latents"].to(device)
+    videos = batch["pixels"].shape[0]
+    with torch.no_grad():
+        frames = encode_frames(rearrange(batch["pixels"].to(device), "b t c h w -> (b t) c h w"))
+    # decoded video arrives channels-last, and so do the encoder's outputs: PyTorch's
+    # CPU GroupNorm backward crashes on channels-last input, so train on contiguous latents
+    return rearrange(frames, "(b t) c h w -> b t c h w", b=videos).contiguous()
+
+
 class TemporalLayersJob:
     """Temporal layers on a frozen image UNet, trained with the image model's objective on videos.
 
@@ -70,19 +83,9 @@ class TemporalLayersJob:
             stages.append(stage)
         return masked_context(latents, masks, stages)
 
-    def latents(self, batch, device):
-        if "latents" in batch:
-            return batch["latents"].to(device)
-        videos = batch["pixels"].shape[0]
-        with torch.no_grad():
-            frames = self.encode_frames(rearrange(batch["pixels"].to(device), "b t c h w -> (b t) c h w"))
-        # decoded video arrives channels-last, and so do the encoder's outputs: PyTorch's
-        # CPU GroupNorm backward crashes on channels-last input, so train on contiguous latents
-        return rearrange(frames, "(b t) c h w -> b t c h w", b=videos).contiguous()
-
     def loss(self, batch, generator):
         device = next(self.module.parameters()).device
-        latents = self.latents(batch, device)
+        latents = video_latents(batch, self.encode_frames, device)
         videos, frames = latents.shape[:2]
         t = draw_timesteps(videos, generator)
         noise = torch.randn(latents.shape, generator=generator).to(device)

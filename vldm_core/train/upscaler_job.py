@@ -23,6 +23,7 @@ from ..sampling import alphas_cumprod
 from ..temporal import TemporalLayers
 from ..unet_layout import inject
 from ..weights import save_temporal_layers
+from .jobs import video_latents
 from .objectives import draw_timesteps, noised
 
 MODES = ("upscaler",)
@@ -43,6 +44,13 @@ def augment_low_res(low_res, levels, generator, alpha_bar):
     eps per frame, as the x4 upscaler's augmentor does per image."""
     noise = torch.randn(low_res.shape, generator=generator).to(low_res)
     return noised(low_res, noise, levels.to(low_res.device), alpha_bar, "eps")[0]
+
+
+def downsampled(pixels, size):
+    """High-res videos ``(b, t, 3, H, W)`` area-averaged to ``size``: the low-res input the upscaler learns to enlarge."""
+    videos = pixels.shape[0]
+    frames = F.interpolate(rearrange(pixels, "b t c h w -> (b t) c h w"), size=tuple(size), mode="area")
+    return rearrange(frames, "(b t) c h w -> b t c h w", b=videos).contiguous()
 
 
 def random_patches(videos, patch, generator):
@@ -72,11 +80,14 @@ class UpscalerJob:
     the upscaler's VAE and scaled as the UNet sees them; ``low_res``
     ``(b, t, 3, h, w)``: the low-res frames in [-1, 1] at the latents' size (the
     x4 upscaler's latent is as large as its low-res input); and ``caption``.
+    Or batches hold high-res ``pixels`` ``(b, t, 3, H, W)``, which
+    ``encode_frames`` (the upscaler's VAE, scaled) encodes and area-downsampling
+    turns into the low-res frames, both on the training device.
     ``patch``: None for whole frames, else the side (or (height, width)) of the
     random patch, in latent pixels, that each video trains on; the real x4
     upscaler needs multiples of 8."""
 
-    def __init__(self, unet, layers, encode_text, prediction_type="v", noise_levels=MAX_NOISE_LEVEL, patch=None):
+    def __init__(self, unet, layers, encode_text, prediction_type="v", noise_levels=MAX_NOISE_LEVEL, patch=None, encode_frames=None):
         if layers.config.context_latent_channels:
             raise ValueError("upscaler temporal layers take no context frames: build them with context_latent_channels 0")
         if layers.layout.in_channels <= LOW_RES_CHANNELS:
@@ -88,7 +99,7 @@ class UpscalerJob:
         self.unet = unet.requires_grad_(False).eval()
         inject(self.unet, layers.by_site())
         self.module = layers.requires_grad_(True).train()
-        self.encode_text, self.prediction_type, self.noise_levels = encode_text, prediction_type, noise_levels
+        self.encode_text, self.encode_frames, self.prediction_type, self.noise_levels = encode_text, encode_frames, prediction_type, noise_levels
         self.patch = None if patch is None else tuple(patch) if isinstance(patch, (tuple, list)) else (patch, patch)
         self.alpha_bar = alphas_cumprod(**X4_SCHEDULE)
 
@@ -113,7 +124,8 @@ class UpscalerJob:
         concatenated on the channel axis (the x4 upscaler's order: latents first),
         one timestep and one augmentation level ``y`` per video."""
         device = next(self.module.parameters()).device
-        latents, low_res = batch["latents"].to(device), batch["low_res"].to(device)
+        latents = video_latents(batch, self.encode_frames, device)
+        low_res = batch["low_res"].to(device) if "low_res" in batch else downsampled(batch["pixels"].to(device), latents.shape[-2:])
         if low_res.shape[:2] != latents.shape[:2] or low_res.shape[2:] != (LOW_RES_CHANNELS, *latents.shape[-2:]):
             raise ValueError(f"low_res {tuple(low_res.shape)} must be (b, t, 3, h, w) beside latents {tuple(latents.shape)}: the low-res frames at the latents' size")
         if latents.shape[2] + LOW_RES_CHANNELS != self.module.layout.in_channels:
