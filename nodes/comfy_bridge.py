@@ -113,6 +113,19 @@ def layers_for_mode(model, mode):
     return layers
 
 
+def call_unet_for_training(unet, x, timesteps, context, frames, masked_context):
+    """Run ComfyUI's UNet with injected temporal layers outside a sampler, as
+    vldm_core.train's jobs call a UNet: the transformer options that the
+    patched MODEL would hand it, for videos of ``frames`` frames."""
+    options = {
+        "patches": {"forward_timestep_embed_patch": [(TemporalLayer, _run_temporal_layer)]},
+        "original_shape": list(x.shape),
+        "cond_or_uncond": [0] * (x.shape[0] // frames),
+        MASKED_CONTEXT: masked_context,
+    }
+    return unet(x, timesteps, context, transformer_options=options)
+
+
 def load_layers_for(model, name):
     """Temporal layers for ``model``: fresh (identity at start) or from a file in models/temporal_layers."""
     layout = find_layout(unet_of(model))

@@ -38,9 +38,11 @@ class TemporalLayersJob:
     ``encode_text(captions) -> (b, tokens, dim)`` embeds the captions (frozen);
     batches hold ``latents`` ``(b, t, c, h, w)``, already scaled as the UNet
     sees them, or ``pixels`` ``(b, t, 3, H, W)`` that ``encode_frames(pixels
-    (n, 3, H, W)) -> latents`` encodes (frozen) on the training device; and ``caption``."""
+    (n, 3, H, W)) -> latents`` encodes (frozen) on the training device; and ``caption``.
+    ``call_unet(unet, x, timesteps, context, frames, masked_context)`` runs a UNet
+    whose forward takes other arguments (ComfyUI's: nodes.comfy_bridge)."""
 
-    def __init__(self, unet, layers, encode_text, prediction_type="eps", modes=("keyframe",), stages=None, encode_frames=None):
+    def __init__(self, unet, layers, encode_text, prediction_type="eps", modes=("keyframe",), stages=None, encode_frames=None, call_unet=None):
         unknown = set(modes) - {"keyframe", *CONTEXT_MODES}
         if unknown:
             raise ValueError(f"modes {sorted(unknown)}: temporal layers of a UNet train as keyframe, prediction and/or interpolation models")
@@ -48,6 +50,7 @@ class TemporalLayersJob:
             raise ValueError("prediction and interpolation train on context frames: build the layers with context_latent_channels set")
         self.unet = unet.requires_grad_(False).eval()
         inject(self.unet, layers.by_site())
+        self.call_unet = call_unet or (lambda unet, *args: unet(*args))
         self.module = layers.requires_grad_(True).train()
         self.encode_text, self.encode_frames, self.prediction_type, self.modes = encode_text, encode_frames, prediction_type, tuple(modes)
         self.stages = stages if layers.config.interpolation_stage else None
@@ -93,7 +96,5 @@ class TemporalLayersJob:
         x_t, target = noised(latents, noise, t.to(device), self.alpha_bar, self.prediction_type)
         with torch.no_grad():
             context = repeat(self.encode_text(batch["caption"]).to(device), "b n d -> (b t) n d", t=frames)
-        prediction = self.unet(
-            rearrange(x_t, "b t c h w -> (b t) c h w"), t.to(device).repeat_interleave(frames), context, frames=frames, masked_context=c_s,
-        )
+        prediction = self.call_unet(self.unet, rearrange(x_t, "b t c h w -> (b t) c h w"), t.to(device).repeat_interleave(frames), context, frames, c_s)
         return F.mse_loss(prediction.float(), rearrange(target, "b t c h w -> (b t) c h w").float())
