@@ -2,10 +2,15 @@
 pack's own small models from a folder of videos and exports the file the nodes
 load; bad configs are refused before anything is loaded."""
 
+import json
+import os
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import safetensors
 import torch
 
 from vldm_core.autoencoder import AutoencoderConfig, AutoencoderKL
@@ -20,6 +25,7 @@ from vldm_core.weights import WeightFileError, load_temporal_layers
 from tiny_models import write_video
 
 TEXT = TextEncoderConfig(dim=24, layers=1, heads=2)
+REPO = str(Path(__file__).parents[2])
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +116,31 @@ def test_a_base_file_of_the_wrong_kind_is_refused(base, tmp_path):
         run(config(base, tmp_path, base__unet=str(base / "text.safetensors")))
 
 
+def toml(values):
+    """A config file's text; the values here are strings, numbers and lists of them."""
+    def literal(value):
+        return json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+
+    return "\n".join(f"[{name}]\n" + "\n".join(f"{key} = {literal(value)}" for key, value in section.items()) for name, section in values.items())
+
+
+def test_the_same_command_trains_under_torchrun_with_two_gloo_ranks(base, tmp_path):
+    path = tmp_path / "job.toml"
+    path.write_text(toml(config(base, tmp_path, job__modes=["keyframe"], layers__context_latent_channels=0)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "vldm_core.train", str(path)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    unet, _ = load_model(base / "unet.safetensors", "unet")
+    assert load_temporal_layers(tmp_path / "layers.safetensors", find_layout(unet), prediction_type="eps").modes == ("keyframe",)
+    checkpoint = safetensors.safe_open(str(tmp_path / "run" / "checkpoint.safetensors"), "pt")
+    assert checkpoint.metadata()["world_size"] == "2"
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert steps == [2, 4]  # rank 0 logs alone
+
+
 def test_the_command_line_shows_help_with_an_example_config():
-    result = subprocess.run([sys.executable, "-m", "vldm_core.train", "--help"], capture_output=True, text=True, cwd=str(__import__("pathlib").Path(__file__).parents[2]))
+    result = subprocess.run([sys.executable, "-m", "vldm_core.train", "--help"], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0 and "[train]" in result.stdout and "--resume" in result.stdout

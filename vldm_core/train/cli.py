@@ -182,8 +182,9 @@ def run(config, resume=False):
     job, encode_frames, export = build(config, device)
     data = dataset(config, encode_frames, f"autoencoder:{file_hash(config['base']['autoencoder'])}")
     result = train(job, data, TrainConfig.from_dict(config["train"]), resume=resume)
-    use_ema = section(config, "export")["ema"] and config["train"].get("ema_decay", 0) > 0
-    export(target, load_checkpoint_weights(result.checkpoint, ema=use_ema))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 alone writes, as it alone checkpoints
+        use_ema = section(config, "export")["ema"] and config["train"].get("ema_decay", 0) > 0
+        export(target, load_checkpoint_weights(result.checkpoint, ema=use_ema))
     return target
 
 
