@@ -13,11 +13,11 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 
 import torch
+from fresh_process import run_setting
 from torch.utils.data import Dataset
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -65,9 +65,7 @@ def run_one(args, frames, checkpointing):
 
 
 def measure(args, frames, checkpointing):
-    command = [sys.executable, __file__, "--one", str(frames), str(int(checkpointing))] + [f"--{k}={v}" for k, v in vars(args).items() if k != "one"]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_setting(__file__, (frames, int(checkpointing)), args)
 
 
 def main():

@@ -25,11 +25,11 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 
 import torch
+from fresh_process import run_setting
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -41,7 +41,7 @@ from vldm_core.temporal import TemporalConfig, TemporalLayers  # noqa: E402
 from vldm_core.temporal_decoder import decode_frames, decode_video, fresh_temporal_decoder  # noqa: E402
 from vldm_core.unet import UNetConfig, UNetModel  # noqa: E402
 from vldm_core.unet_layout import find_layout, inject  # noqa: E402
-from vldm_core.windows import map_tiles, map_windows, spans  # noqa: E402
+from vldm_core.windows import map_tiles, map_windows, piece_count  # noqa: E402
 
 TARGET = 1.10
 SEGMENTS = (1, 4, 16)
@@ -99,7 +99,7 @@ def decode_job(args, length, device, store):
         z = z.to(device)
         return decode_frames(vae.decoder, vae.post_quant_conv(z), temporal, frames=z.shape[0])
 
-    windows = len(spans(length, args.window, DECODE_OVERLAP))
+    windows = piece_count(length, args.size, args.size, args.window, DECODE_OVERLAP)
     return (
         lambda n: decode_video(decode, latents[:n], args.window, DECODE_OVERLAP, store=store),
         length, dict(windows=windows, sampled=windows * min(args.window, length), widest=min(args.window, length)),
@@ -127,10 +127,11 @@ def upscale_job(args, length, device, store):
         noise = torch.randn(frames, 4, *piece.shape[-2:], device=device)
         return sample_euler(lambda x, sigma: denoiser(x, sigma, text.expand(frames, -1, -1), frames), noise, sigmas)
 
-    windows = len(spans(length, args.window, DECODE_OVERLAP)) * len(spans(args.size, tile, tile // 4)) ** 2
+    windows = piece_count(length, args.size, args.size, args.window, DECODE_OVERLAP, tile, tile // 4)
+    time_windows = piece_count(length, args.size, args.size, args.window, DECODE_OVERLAP)
     return (
         lambda n: map_windows(lambda w: map_tiles(upscale, w, tile, tile // 4, store=store), low_res[:n], 0, args.window, DECODE_OVERLAP, store=store),
-        length, dict(windows=windows, sampled=len(spans(length, args.window, DECODE_OVERLAP)) * min(args.window, length), widest=min(args.window, length)),
+        length, dict(windows=windows, sampled=time_windows * min(args.window, length), widest=min(args.window, length)),
     )
 
 
@@ -163,12 +164,9 @@ def run_one(args, job, length):
 
 
 def measure(args, job, length):
-    command = [sys.executable, __file__, "--one", job, str(length)] + [f"--{k}={v}" for k, v in vars(args).items() if k not in ("one", "jobs") and v is not None]
     # large CPU tensors in their own mappings, returned on free: the resident set
     # then follows live tensors instead of the allocator's fragmentation
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**17)}
-    result = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_setting(__file__, (job, length), args, skip=("jobs",), env={"MALLOC_MMAP_THRESHOLD_": str(2**17)})
 
 
 def report(title, unit, rows):

@@ -20,7 +20,7 @@ import folder_paths
 import torch
 
 from ..vldm_core.guidance import context_guided
-from ..vldm_core.masking import context_input
+from ..vldm_core.masking import context_input, no_context
 from ..vldm_core.temporal import TemporalLayer, TemporalLayers
 from ..vldm_core.unet_layout import eject, find_layout, inject
 from ..vldm_core.weights import load_temporal_layers
@@ -186,7 +186,7 @@ class ContextGuider(comfy.samplers.CFGGuider):
         self.set_cfg(cfg)
         conds = {"positive": with_masked_context(positive, with_context), "negative": with_masked_context(negative, with_context)}
         if context_scale != 1.0:  # at s = 1 the context-free prediction cancels: skip computing it
-            conds["no_context"] = with_masked_context(negative, context_input(torch.zeros_like(known), torch.zeros_like(mask), stage))
+            conds["no_context"] = with_masked_context(negative, no_context(known, stage))
         self.inner_set_conds(conds)
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):

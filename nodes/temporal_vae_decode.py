@@ -10,7 +10,7 @@ from comfy_api.latest import InputImpl, Types, io
 
 from ..vldm_core.temporal_decoder import UPSCALE, decode_frames, decode_video, find_decoder_layout, is_video_decoder
 from ..vldm_core.weights import load_temporal_layers
-from ..vldm_core.windows import spans
+from ..vldm_core.windows import piece_count
 from .comfy_bridge import DECODER_FOLDER
 
 IMAGE_DECODER = "none (the VAE's own decoder)"
@@ -18,14 +18,6 @@ IMAGE_DECODER = "none (the VAE's own decoder)"
 # Memory ComfyUI reserves per decoded frame covers the image decoder; the
 # temporal blocks keep one more activation of each resolution alive.
 TEMPORAL_DECODE_FACTOR = 1.5
-
-
-def pieces(frames, height, width, window, overlap, tile, tile_overlap):
-    """How many windows (times tiles) a decode runs: the progress bar's length."""
-    count = len(spans(frames, window, overlap))
-    if tile:
-        count *= len(spans(height, tile, tile_overlap)) * len(spans(width, tile, tile_overlap))
-    return count
 
 
 def window_decoder(vae, temporal_decoder, progress):
@@ -98,7 +90,7 @@ class TemporalVAEDecode(io.ComfyNode):
         if tile_size and (tile_size % 64 or overlap >= tile):
             raise ValueError(f"tile_size {tile_size} with tile_overlap {tile_overlap}: use a multiple of 64 and an overlap smaller than the tile (e.g. {max(64, tile_size - tile_size % 64)} and 64)")
         frames, _, height, width = latents.shape
-        progress = comfy.utils.ProgressBar(pieces(frames, height, width, window_frames, window_overlap, tile, overlap))
+        progress = comfy.utils.ProgressBar(piece_count(frames, height, width, window_frames, window_overlap, tile, overlap))
         decode, temporal = window_decoder(vae, temporal_decoder, progress)
         if not temporal and not is_video_decoder(vae.first_stage_model.decoder):
             logging.info("Temporal VAE Decode: no temporal decoder chosen, decoding frame by frame")

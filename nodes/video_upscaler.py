@@ -12,7 +12,7 @@ import torch
 from comfy_api.latest import io, ui
 from einops import rearrange
 
-from ..vldm_core.windows import map_tiles, map_windows, spans
+from ..vldm_core.windows import map_tiles, map_windows, piece_count
 from .comfy_bridge import (
     augmented_low_res, layers_for_mode, require_x4_upscaler, temporal_layers_of, to_intermediate, window_progress, with_noise_level, x4_conditioning,
 )
@@ -103,7 +103,7 @@ def upscale(model, positive, negative, images, noise_augmentation, seed, steps, 
     frames, _, height, width = pixels.shape
     noise = comfy.sample.prepare_noise(torch.zeros(frames, model.model.latent_format.latent_channels, height, width), seed)
     video = torch.cat([low_res, noise.to(low_res)], dim=1)  # sliced together: each tile gets its frames' pixels and noise
-    pieces = len(spans(frames, window, window_overlap)) * len(spans(height, tile, tile_overlap)) * len(spans(width, tile, tile_overlap))
+    pieces = piece_count(frames, height, width, window, window_overlap, tile, tile_overlap)
     model = with_noise_level(model, level)
     sample_tile = tile_sampler(model, positive, negative, seed, steps, cfg, sampler_name, scheduler, window_progress(model, pieces, steps))
     return map_windows(lambda part: map_tiles(sample_tile, part, tile, tile_overlap, store=to_intermediate), video, 0, window, window_overlap, store=to_intermediate)

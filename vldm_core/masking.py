@@ -59,6 +59,12 @@ def context_input(latents, mask, stage=None):
     return torch.cat(channels, dim=1)
 
 
+def no_context(latents, stage=None):
+    """c_S with no known frame (S = 0, the branch context guidance pushes away from),
+    shaped like context_input's for latents ``(t, c, h, w)``."""
+    return context_input(latents, torch.zeros(latents.shape[0], device=latents.device), stage)
+
+
 def interpolation_windows(key_frames, keys_per_window):
     """Key-frame index ranges ``[start, end)`` that cover all key frames, each
     window sharing its first key frame with the last of the window before, so

@@ -9,7 +9,7 @@ command line (demo, benchmarks, training previews), where there is no ComfyUI.
 import torch
 
 from .guidance import context_guided
-from .masking import context_input
+from .masking import context_input, no_context
 
 
 def alphas_cumprod(beta_start=0.00085, beta_end=0.012, timesteps=1000):
@@ -92,7 +92,7 @@ def window_sampler(denoiser, text, no_text, steps, cfg, context_scale, seed, dev
         frames = known.shape[0]
         known, mask = known.to(device), mask.to(device)
         with_context = context_input(known, mask, stage)
-        masked_context = torch.cat([context_input(torch.zeros_like(known), torch.zeros_like(mask), stage), with_context, with_context])
+        masked_context = torch.cat([no_context(known, stage), with_context, with_context])
         context = torch.cat([no_text, no_text, text]).to(device).repeat_interleave(frames, dim=0)
 
         def guided(x, sigma):

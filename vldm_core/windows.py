@@ -64,6 +64,15 @@ def map_windows(fn, x, dim, size, overlap, scale=1, store=None):
     return total.div_(weight_sum.view(shape))
 
 
+def piece_count(frames, height, width, window, overlap, tile=0, tile_overlap=0):
+    """How many pieces a run of map_windows over frames (of map_tiles over
+    ``tile``-sized tiles, where ``tile`` is set) computes: a progress bar's length."""
+    count = len(spans(frames, window, overlap))
+    if tile:
+        count *= len(spans(height, tile, tile_overlap)) * len(spans(width, tile, tile_overlap))
+    return count
+
+
 def map_tiles(fn, x, size, overlap, scale=1, store=None):
     """``fn`` over overlapping square spatial tiles of ``x``'s last two axes, blended."""
     return map_windows(lambda rows: map_windows(fn, rows, -1, size, overlap, scale, store), x, -2, size, overlap, scale, store)
