@@ -41,7 +41,7 @@ from vldm_core.temporal import TemporalConfig, TemporalLayers  # noqa: E402
 from vldm_core.temporal_decoder import decode_frames, decode_video, fresh_temporal_decoder  # noqa: E402
 from vldm_core.unet import UNetConfig, UNetModel  # noqa: E402
 from vldm_core.unet_layout import find_layout, inject  # noqa: E402
-from vldm_core.windows import map_tiles, map_windows, piece_count  # noqa: E402
+from vldm_core.windows import map_video, piece_count  # noqa: E402
 
 TARGET = 1.10
 SEGMENTS = (1, 4, 16)
@@ -130,7 +130,7 @@ def upscale_job(args, length, device, store):
     windows = piece_count(length, args.size, args.size, args.window, DECODE_OVERLAP, tile, tile // 4)
     time_windows = piece_count(length, args.size, args.size, args.window, DECODE_OVERLAP)
     return (
-        lambda n: map_windows(lambda w: map_tiles(upscale, w, tile, tile // 4, store=store), low_res[:n], 0, args.window, DECODE_OVERLAP, store=store),
+        lambda n: map_video(upscale, low_res[:n], args.window, DECODE_OVERLAP, tile, tile // 4, store=store),
         length, dict(windows=windows, sampled=time_windows * min(args.window, length), widest=min(args.window, length)),
     )
 

@@ -12,7 +12,7 @@ import torch
 from comfy_api.latest import io, ui
 from einops import rearrange
 
-from ..vldm_core.windows import map_tiles, map_windows, piece_count
+from ..vldm_core.windows import map_video, piece_count
 from .comfy_bridge import (
     augmented_low_res, layers_for_mode, require_x4_upscaler, temporal_layers_of, to_intermediate, window_progress, with_noise_level, x4_conditioning,
 )
@@ -76,7 +76,7 @@ def temporal_window(model, window_frames, window_overlap):
 
 
 def tile_sampler(model, positive, negative, seed, steps, cfg, sampler_name, scheduler, progress):
-    """``sample_tile(piece)`` for map_tiles: one tile of one window, its low-res
+    """``sample_tile(piece)`` for map_video: one tile of one window, its low-res
     frames and its slice of the video's noise stacked on the channel axis,
     denoised by ComfyUI's sampler as one batch (so the temporal layers see
     its frames as one video)."""
@@ -106,7 +106,7 @@ def upscale(model, positive, negative, images, noise_augmentation, seed, steps, 
     pieces = piece_count(frames, height, width, window, window_overlap, tile, tile_overlap)
     model = with_noise_level(model, level)
     sample_tile = tile_sampler(model, positive, negative, seed, steps, cfg, sampler_name, scheduler, window_progress(model, pieces, steps))
-    return map_windows(lambda part: map_tiles(sample_tile, part, tile, tile_overlap, store=to_intermediate), video, 0, window, window_overlap, store=to_intermediate)
+    return map_video(sample_tile, video, window, window_overlap, tile, tile_overlap, store=to_intermediate)
 
 
 class VideoUpscaler(io.ComfyNode):

@@ -270,3 +270,8 @@ class TemporalLayers(nn.Module):
 
     def alphas(self):
         return {site.path: self.layers[site.key].merge.alpha.item() for site in self.layout.sites}
+
+    def set_gradient_checkpointing(self, enabled):
+        """Recompute every layer's activations in the backward pass (training) or keep them."""
+        for layer in self.layers.values():
+            layer.gradient_checkpointing = enabled

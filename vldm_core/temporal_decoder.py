@@ -17,7 +17,7 @@ from torch import nn
 
 from .temporal import TemporalConfig, TemporalLayers
 from .unet_layout import InsertionSite, UNetLayout
-from .windows import map_tiles, map_windows
+from .windows import map_video
 
 SD_VAE = dict(ch=128, ch_mult=(1, 2, 4, 4), z_channels=4)
 UPSCALE = 8  # KL-f8: one latent pixel decodes to 8x8 pixels
@@ -95,8 +95,4 @@ def decode_video(decode_window, latents, window, overlap, tile=0, tile_overlap=0
     with ``tile``, square spatial tiles of that many latent pixels), blended
     across overlaps. ``decode_window(latents)`` decodes one piece as one video.
     Window positions follow from the sizes alone, never from free memory."""
-
-    def decode_piece(piece):
-        return map_tiles(decode_window, piece, tile, tile_overlap, scale=UPSCALE, store=store) if tile else decode_window(piece)
-
-    return map_windows(decode_piece, latents, 0, window, overlap, store=store)
+    return map_video(decode_window, latents, window, overlap, tile, tile_overlap, scale=UPSCALE, store=store)

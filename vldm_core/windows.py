@@ -76,3 +76,14 @@ def piece_count(frames, height, width, window, overlap, tile=0, tile_overlap=0):
 def map_tiles(fn, x, size, overlap, scale=1, store=None):
     """``fn`` over overlapping square spatial tiles of ``x``'s last two axes, blended."""
     return map_windows(lambda rows: map_windows(fn, rows, -1, size, overlap, scale, store), x, -2, size, overlap, scale, store)
+
+
+def map_video(fn, video, window, overlap, tile=0, tile_overlap=0, scale=1, store=None):
+    """``fn`` over overlapping windows of a video's frames ``(t, c, h, w)`` and,
+    with ``tile``, over overlapping square tiles of each window, blended; each
+    piece is one video to ``fn``. piece_count gives how many pieces that is."""
+
+    def per_window(frames):
+        return map_tiles(fn, frames, tile, tile_overlap, scale, store) if tile else fn(frames)
+
+    return map_windows(per_window, video, 0, window, overlap, store=store)

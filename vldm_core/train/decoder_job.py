@@ -67,8 +67,7 @@ class TemporalDecoderJob:
         }
 
     def set_gradient_checkpointing(self, enabled):
-        for layer in self.temporal.layers.values():
-            layer.gradient_checkpointing = enabled
+        self.temporal.set_gradient_checkpointing(enabled)
 
     def encode(self, frames, generator):
         """A sample of the frozen encoder's posterior for frames ``(b t) 3 H W``.

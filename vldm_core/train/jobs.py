@@ -66,8 +66,7 @@ class TemporalLayersJob:
         }
 
     def set_gradient_checkpointing(self, enabled):
-        for layer in self.module.layers.values():
-            layer.gradient_checkpointing = enabled
+        self.module.set_gradient_checkpointing(enabled)
 
     def contexts(self, latents, generator):
         """c_S for each video: a mode drawn from this job's modes, then its mask

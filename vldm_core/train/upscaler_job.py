@@ -115,8 +115,7 @@ class UpscalerJob:
         }
 
     def set_gradient_checkpointing(self, enabled):
-        for layer in self.module.layers.values():
-            layer.gradient_checkpointing = enabled
+        self.module.set_gradient_checkpointing(enabled)
 
     def unet_inputs(self, batch, generator):
         """The frozen UNet's keyword arguments for one batch, frames as ``(b t) ...``,
