@@ -1,10 +1,10 @@
 """The 4x Interpolator node in a real ComfyUI: 4N - 3 and 16N - 15 frames with
 the key frames unchanged in their places, frame rate, and mode errors."""
 
-import uuid
-
 import pytest
 import torch
+
+from prompt_parts import key, sampler_inputs
 
 KEYS, WINDOW = 4, 9  # windows of 3 key frames
 INTERPOLATION = "vldm_test_interpolation9.safetensors"
@@ -15,10 +15,6 @@ PREDICTION_ONLY = "vldm_test_prediction_only9.safetensors"
 def files(comfy):
     comfy.save_trained_looking_layers(INTERPOLATION, WINDOW, ("keyframe", "interpolation"), context_latent_channels=4, interpolation_stage=True)
     comfy.save_trained_looking_layers(PREDICTION_ONLY, WINDOW, ("keyframe", "prediction"), context_latent_channels=4)
-
-
-def sampler_inputs(model, seed):
-    return {"model": model, "positive": ["1", 1], "negative": ["1", 2], "seed": seed, "steps": 2, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal"}
 
 
 def prompt(layers, multiplier, keys_key, video_key, keys=KEYS):
@@ -35,7 +31,7 @@ def prompt(layers, multiplier, keys_key, video_key, keys=KEYS):
 # windows of 3 key frames sharing their ends: 4 keys -> 2 windows; then 13 -> 6
 @pytest.mark.parametrize("multiplier, length, windows", [("4", 4 * KEYS - 3, 2), ("16", 16 * KEYS - 15, 2 + 6)])
 def test_interpolation_keeps_key_frames_in_their_places(comfy, files, multiplier, length, windows):
-    keys, video = f"keys-{uuid.uuid4().hex[:6]}", f"video-{uuid.uuid4().hex[:6]}"
+    keys, video = key("keys"), key("video")
     result = comfy.run(prompt(INTERPOLATION, multiplier, keys, video))
     assert result.ok, result.messages
     before, after = comfy.captured[keys], comfy.captured[video]
@@ -51,13 +47,13 @@ def test_interpolation_keeps_key_frames_in_their_places(comfy, files, multiplier
 
 
 def test_prediction_only_layers_are_refused_with_the_fix(comfy, files):
-    result = comfy.run(prompt(PREDICTION_ONLY, "4", f"k-{uuid.uuid4().hex[:6]}", f"v-{uuid.uuid4().hex[:6]}"))
+    result = comfy.run(prompt(PREDICTION_ONLY, "4", key("k"), key("v")))
     assert not result.ok
     assert "not interpolation" in str(result.error)
 
 
 def test_one_key_frame_is_refused_with_the_fix(comfy, files):
-    result = comfy.run(prompt(INTERPOLATION, "4", f"k-{uuid.uuid4().hex[:6]}", f"v-{uuid.uuid4().hex[:6]}", keys=1))
+    result = comfy.run(prompt(INTERPOLATION, "4", key("k"), key("v"), keys=1))
     assert not result.ok
     assert "at least 2 key frames, got 1" in result.error["exception_message"]
 

@@ -1,10 +1,10 @@
 """The Masked Predictor node in a real ComfyUI: rollout length, unchanged video
 so far, and mode errors."""
 
-import uuid
-
 import pytest
 import torch
+
+from prompt_parts import key, sampler_inputs
 
 WINDOW, CONTEXT, SEGMENTS = 6, 2, 2
 PREDICTION = "vldm_test_prediction6.safetensors"
@@ -17,10 +17,6 @@ def files(comfy):
     comfy.save_trained_looking_layers(PREDICTION, WINDOW, ("keyframe", "prediction"), context_latent_channels=4)
     comfy.save_trained_looking_layers(KEYFRAME_ONLY, WINDOW, ("keyframe",))
     comfy.save_trained_looking_layers(ALL_MODES, WINDOW, ("keyframe", "prediction", "interpolation"), context_latent_channels=4, interpolation_stage=True)
-
-
-def sampler_inputs(model, seed=1):
-    return {"model": model, "positive": ["1", 1], "negative": ["1", 2], "seed": seed, "steps": 2, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal"}
 
 
 def prompt(layers, keys_key, video_key, segments=SEGMENTS, context_frames=CONTEXT, keys=WINDOW, video=None):
@@ -41,7 +37,7 @@ def prompt(layers, keys_key, video_key, segments=SEGMENTS, context_frames=CONTEX
 
 @pytest.mark.parametrize("layers", [PREDICTION, ALL_MODES])
 def test_rollout_adds_segments_after_the_unchanged_video(comfy, files, layers):
-    keys, video = f"keys-{uuid.uuid4().hex[:6]}", f"video-{uuid.uuid4().hex[:6]}"
+    keys, video = key("keys"), key("video")
     result = comfy.run(prompt(layers, keys, video))
     assert result.ok, result.messages
     before, after = comfy.captured[keys], comfy.captured[video]
@@ -54,7 +50,7 @@ def test_rollout_adds_segments_after_the_unchanged_video(comfy, files, layers):
 
 
 def test_one_progress_bar_counts_every_step_of_every_segment(comfy, files):
-    result = comfy.run(prompt(PREDICTION, f"k-{uuid.uuid4().hex[:6]}", f"v-{uuid.uuid4().hex[:6]}", segments=3))
+    result = comfy.run(prompt(PREDICTION, key("k"), key("v"), segments=3))
     assert result.ok, result.messages
     progress = [(p["value"], p["max"]) for p in result.events("progress") if p["node"] == "4"]
     assert {total for _, total in progress} == {3 * 2}  # segments x steps
@@ -63,8 +59,8 @@ def test_one_progress_bar_counts_every_step_of_every_segment(comfy, files):
 
 
 def test_per_frame_entries_of_the_shorter_video_are_dropped(comfy, files):
-    video = f"v-{uuid.uuid4().hex[:6]}"
-    result = comfy.run(prompt(PREDICTION, f"k-{uuid.uuid4().hex[:6]}", video, segments=1, video={"shape": "3,4,4,4", "frame_rate": 12.0, "noise_mask": True}))
+    video = key("v")
+    result = comfy.run(prompt(PREDICTION, key("k"), video, segments=1, video={"shape": "3,4,4,4", "frame_rate": 12.0, "noise_mask": True}))
     assert result.ok, result.messages
     out = comfy.latents[video]
     assert out["samples"].shape[0] == 3 + WINDOW - CONTEXT
@@ -81,7 +77,7 @@ BAD_VIDEOS = {
 @pytest.mark.parametrize("case", list(BAD_VIDEOS))
 def test_bad_videos_are_refused_with_the_fix(comfy, files, case):
     changes, phrases = BAD_VIDEOS[case]
-    result = comfy.run(prompt(PREDICTION, f"k-{uuid.uuid4().hex[:6]}", f"v-{uuid.uuid4().hex[:6]}", **changes))
+    result = comfy.run(prompt(PREDICTION, key("k"), key("v"), **changes))
     assert not result.ok
     assert result.error["node_type"] == "VLDM_MaskedPredictor"
     for phrase in phrases:
@@ -89,6 +85,6 @@ def test_bad_videos_are_refused_with_the_fix(comfy, files, case):
 
 
 def test_keyframe_only_layers_are_refused_with_the_fix(comfy, files):
-    result = comfy.run(prompt(KEYFRAME_ONLY, f"k-{uuid.uuid4().hex[:6]}", f"v-{uuid.uuid4().hex[:6]}"))
+    result = comfy.run(prompt(KEYFRAME_ONLY, key("k"), key("v")))
     assert not result.ok
     assert "not prediction" in str(result.error) and "prediction model" in str(result.error)

@@ -6,10 +6,11 @@ nodes produce.
 """
 
 import os
-import uuid
 
 import pytest
 import torch
+
+from prompt_parts import key
 
 FRAMES, SIZE, STEPS, CFG, SEED = 8, 32, 3, 5.0, 7
 LATENT_SHAPE = (FRAMES, 4, SIZE // 8, SIZE // 8)
@@ -86,11 +87,6 @@ def trained_video_model(bridge, image, layer_files):
 
 
 # ------------------------------------------------------------- prompt parts
-
-
-def key(name):
-    """A capture key used once, so the capture node runs even where the sampler's output is cached."""
-    return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
 def loader(seed=0, context_dim=768):

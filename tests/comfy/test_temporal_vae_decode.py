@@ -3,10 +3,11 @@ windows independent of free memory, SVD's decoder, tiles, VIDEO frame rate, erro
 
 import os
 import sys
-import uuid
 
 import pytest
 import torch
+
+from prompt_parts import key
 
 DDCONFIG = {"double_z": True, "z_channels": 4, "resolution": 32, "in_channels": 3, "out_ch": 3, "ch": 32, "ch_mult": [1, 2, 2, 4], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
 FRESH, TRAINED, WIDER, KEYFRAME = "vldm_test_fresh_dec.safetensors", "vldm_test_dec.safetensors", "vldm_test_dec_ch64.safetensors", "vldm_test_keyframe_dec.safetensors"
@@ -118,10 +119,6 @@ def decode_prompt(key, decoder, frames=6, size=4, window=16, overlap=4, tile=0, 
         prompt["5"] = {"class_type": "VAEDecode", "inputs": {"vae": ["1", 0], "samples": ["2", 0]}}
         prompt["6"] = {"class_type": "VLDMTest_CaptureImage", "inputs": {"images": ["5", 0], "key": vae_decode}}
     return prompt
-
-
-def key():
-    return uuid.uuid4().hex[:8]
 
 
 def run(comfy, prompt):

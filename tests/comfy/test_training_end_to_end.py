@@ -2,10 +2,11 @@
 file with the Temporal UNet Patcher and sample: the whole path a user takes."""
 
 import os
-import uuid
 
 import torch
 from torch.utils.data import Dataset
+
+from prompt_parts import key
 
 FRAMES, SIZE = 5, 4
 TRAINED = "vldm_test_trained_end_to_end.safetensors"
@@ -51,7 +52,7 @@ def test_layers_trained_on_comfyuis_unet_load_in_the_patcher_and_sample(comfy, t
     weights.save_temporal_layers(layers, path, train_frames=FRAMES, modes=("keyframe",), prediction_type="eps", overwrite=True)
 
     def sample(layer_file):
-        key = uuid.uuid4().hex[:8]
+        capture = key()
         result = comfy.run({
             "1": {"class_type": "VLDMTest_TinyModel", "inputs": {"seed": 0, "context_dim": 768}},
             "2": {"class_type": "VLDM_TemporalUNetPatcher", "inputs": {"model": ["1", 0], "temporal_layers": layer_file}},
@@ -59,10 +60,10 @@ def test_layers_trained_on_comfyuis_unet_load_in_the_patcher_and_sample(comfy, t
                 "model": ["2", 0], "positive": ["1", 1], "negative": ["1", 2], "frames": FRAMES, "width": 8 * SIZE, "height": 8 * SIZE,
                 "frame_rate": 8.0, "seed": 3, "steps": 3, "cfg": 3.0, "sampler_name": "euler", "scheduler": "normal",
             }},
-            "4": {"class_type": "VLDMTest_CaptureLatent", "inputs": {"samples": ["3", 0], "key": key}},
+            "4": {"class_type": "VLDMTest_CaptureLatent", "inputs": {"samples": ["3", 0], "key": capture}},
         })
         assert result.ok, result.messages
-        return comfy.captured[key]
+        return comfy.captured[capture]
 
     trained, fresh = sample(TRAINED), sample(bridge.FRESH)
     assert trained.shape == (FRAMES, 4, SIZE, SIZE) and torch.isfinite(trained).all()

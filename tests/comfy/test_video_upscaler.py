@@ -5,10 +5,11 @@ bounded seams, and bad inputs are refused with the fix."""
 
 import importlib
 import logging
-import uuid
 
 import pytest
 import torch
+
+from prompt_parts import key
 
 SHAPE = "4,16,16,3"  # frames, height, width, channels of the low-res video
 STEPS, SEED = 2, 5
@@ -34,10 +35,6 @@ def files(comfy, upscaler):
     comfy.save_trained_looking_layers(TRAINED, 8, ("upscaler",), model=comfy.tiny_upscaler())
     comfy.save_trained_looking_layers(KEYFRAME_ONLY, 8, ("keyframe",), model=comfy.tiny_upscaler())
     comfy.save_trained_looking_layers(SD15_LAYERS, 8, ("keyframe", "upscaler"))
-
-
-def key():
-    return uuid.uuid4().hex[:8]
 
 
 SD15_LOADER = {"class_type": "VLDMTest_TinyModel", "inputs": {"seed": 0, "context_dim": 768}}
