@@ -98,7 +98,7 @@ def section(config, name):
 
 def file_hash(path):
     with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:16]
+        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
 
 def frozen_base(config, device):
@@ -159,14 +159,15 @@ def temporal_decoder_job(config, device):
     return trainer, None, export
 
 
-def dataset(config, encode_frames, encoder_id):
+def dataset(config, encode_frames):
     """The videos as clips; through a latent cache where one is set and the job trains on latents."""
     data = section(config, "data")
     clips = VideoClips(data["videos"], data["frames"], data["fps"], tuple(data["size"]), seed=config.get("train", {}).get("seed", 0))
     print(clips.summary())
     if not data["latent_cache"] or encode_frames is None:
         return clips
-    cache = LatentCache(data["latent_cache"], {**clips.settings(), "encoder": encoder_id})
+    encoder = f"autoencoder:{file_hash(config['base']['autoencoder'])}"  # a cache built with other weights is not reused
+    cache = LatentCache(data["latent_cache"], {**clips.settings(), "encoder": encoder})
     cache.encode_all(clips, encode_frames)
     return LatentClips(cache)
 
@@ -180,7 +181,7 @@ def run(config, resume=False):
     device = default_device()
     build = {"temporal_layers": temporal_layers_job, "upscaler": upscaler_job, "temporal_decoder": temporal_decoder_job}[section(config, "job")["kind"]]
     job, encode_frames, export = build(config, device)
-    data = dataset(config, encode_frames, f"autoencoder:{file_hash(config['base']['autoencoder'])}")
+    data = dataset(config, encode_frames)
     result = train(job, data, TrainConfig.from_dict(config["train"]), resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 alone writes, as it alone checkpoints
         use_ema = section(config, "export")["ema"] and config["train"].get("ema_decay", 0) > 0
