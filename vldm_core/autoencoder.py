@@ -141,6 +141,13 @@ class Decoder(nn.Module):
         return decode_frames(self, z)
 
 
+def posterior(autoencoder, x):
+    """The encoder's Gaussian posterior, (mean, log-variance), of images in [-1, 1]:
+    for this module or any KL autoencoder in SD's layout (ComfyUI's too)."""
+    mean, logvar = autoencoder.quant_conv(autoencoder.encoder(x)).chunk(2, dim=1)
+    return mean, logvar.clamp(-30.0, 20.0)
+
+
 class AutoencoderKL(nn.Module):
     """Images in [-1, 1] <-> latents; ``encode`` returns the posterior's mean and log-variance."""
 
@@ -153,8 +160,7 @@ class AutoencoderKL(nn.Module):
         self.post_quant_conv = nn.Conv2d(config.z_channels, config.z_channels, 1)
 
     def encode(self, x):
-        mean, logvar = self.quant_conv(self.encoder(x)).chunk(2, dim=1)
-        return mean, logvar.clamp(-30.0, 20.0)
+        return posterior(self, x)
 
     def decode(self, z):
         return self.decoder(self.post_quant_conv(z))

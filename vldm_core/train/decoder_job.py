@@ -14,6 +14,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from ..autoencoder import posterior
 from ..temporal import TemporalLayers
 from ..temporal_decoder import decode_frames, find_decoder_layout
 from ..weights import save_temporal_layers
@@ -75,9 +76,9 @@ class TemporalDecoderJob:
         latents a diffusion model generates (what the temporal decoder will
         decode) model samples too. The noise comes from the loop's generator."""
         with torch.no_grad():
-            mean, logvar = self.autoencoder.quant_conv(self.autoencoder.encoder(frames)).chunk(2, dim=1)
+            mean, logvar = posterior(self.autoencoder, frames)
             noise = torch.randn(mean.shape, generator=generator).to(mean)
-            return mean + (0.5 * logvar.clamp(-30.0, 20.0)).exp() * noise
+            return mean + (0.5 * logvar).exp() * noise
 
     def reconstruct(self, frames, video_frames, generator):
         """Frames ``(b t) 3 H W`` encoded, then decoded with the temporal blocks across each video."""
