@@ -19,14 +19,14 @@ import comfy.samplers
 import folder_paths
 import torch
 
+from ..vldm_core.comfy_unet import MASKED_CONTEXT, TIMESTEP_EMBED_PATCH
 from ..vldm_core.guidance import context_guided
 from ..vldm_core.masking import context_input, no_context
-from ..vldm_core.temporal import TemporalLayer, TemporalLayers
+from ..vldm_core.temporal import TemporalLayers
 from ..vldm_core.unet_layout import eject, find_layout, inject
 from ..vldm_core.weights import load_temporal_layers
 
 KEY = "vldm_temporal_layers"
-MASKED_CONTEXT = "vldm_masked_context"  # c_S: a per-frame model cond, then a transformer option
 FOLDER = "temporal_layers"
 DECODER_FOLDER = "temporal_decoders"
 FRESH = "fresh (untrained, for training)"
@@ -41,19 +41,6 @@ def register_model_folders():
         if default not in paths:
             paths.append(default)
         folder_paths.folder_names_and_paths[folder] = (paths, {".safetensors"})
-
-
-def frames_per_forward(x, transformer_options):
-    """T from the batch ComfyUI built: it stacks whole videos, one per cond/uncond entry."""
-    batch = transformer_options.get("original_shape", x.shape)[0]
-    videos = len(transformer_options.get("cond_or_uncond") or [None])
-    if batch % videos:
-        raise RuntimeError(f"batch of {batch} frames does not split into {videos} videos (cond/uncond)")
-    return batch // videos
-
-
-def _run_temporal_layer(layer, x, emb, context, transformer_options, *unused):
-    return layer(x, emb, context, frames_per_forward(x, transformer_options), transformer_options.get(MASKED_CONTEXT))
 
 
 def _masked_context_to_layers(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
@@ -113,19 +100,6 @@ def layers_for_mode(model, mode):
     return layers
 
 
-def call_unet_for_training(unet, x, timesteps, context, frames, masked_context):
-    """Run ComfyUI's UNet with injected temporal layers outside a sampler, as
-    vldm_core.train's jobs call a UNet: the transformer options that the
-    patched MODEL would hand it, for videos of ``frames`` frames."""
-    options = {
-        "patches": {"forward_timestep_embed_patch": [(TemporalLayer, _run_temporal_layer)]},
-        "original_shape": list(x.shape),
-        "cond_or_uncond": [0] * (x.shape[0] // frames),
-        MASKED_CONTEXT: masked_context,
-    }
-    return unet(x, timesteps, context, transformer_options=options)
-
-
 def load_layers_for(model, name):
     """Temporal layers for ``model``: fresh (identity at start) or from a file in models/temporal_layers."""
     layout = find_layout(unet_of(model))
@@ -149,7 +123,7 @@ def with_temporal_layers(model, layers: TemporalLayers):
         KEY,
         [comfy.patcher_extension.PatcherInjection(inject=lambda mp: inject(unet_of(mp), sites), eject=lambda mp: eject(unet_of(mp)))],
     )
-    patched.set_model_forward_timestep_embed_patch((TemporalLayer, _run_temporal_layer))
+    patched.set_model_forward_timestep_embed_patch(TIMESTEP_EMBED_PATCH)
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, KEY, _reserve_temporal_activations)
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY, _masked_context_to_layers)
     return patched

@@ -97,7 +97,7 @@ def tiny_model(context_dim=768, seed=0):
     import comfy.supported_models
 
     config = comfy.supported_models.SD15(dict(TINY_UNET, context_dim=context_dim))
-    return _random_weights(comfy.model_base.BaseModel(config, device="cpu"), seed)
+    return random_weights(comfy.model_base.BaseModel(config, device="cpu"), seed)
 
 
 def tiny_upscaler(seed=0):
@@ -109,10 +109,10 @@ def tiny_upscaler(seed=0):
 
     config = comfy.supported_models.SD_X4Upscaler(dict(TINY_UNET, in_channels=7, context_dim=1024, use_linear_in_transformer=True))
     config.unet_config["disable_self_attentions"] = [True, False]  # per level; the real one's first levels cross-attend only, too
-    return _random_weights(comfy.model_base.SD_X4Upscaler(config, device="cpu"), seed)
+    return random_weights(comfy.model_base.SD_X4Upscaler(config, device="cpu"), seed)
 
 
-def _random_weights(model, seed):
+def random_weights(model, seed):
     """``model`` with random weights, in eval mode, in a CPU ModelPatcher."""
     import comfy.model_patcher
     import torch
@@ -317,6 +317,8 @@ class Comfy:
         comfy.utils.set_progress_bar_global_hook(progress)
 
     tiny_model = staticmethod(tiny_model)
+    random_weights = staticmethod(random_weights)
+    TINY_UNET = TINY_UNET
     tiny_upscaler = staticmethod(tiny_upscaler)
     tiny_conds = staticmethod(tiny_conds)
 

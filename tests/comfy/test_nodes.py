@@ -394,19 +394,19 @@ def test_keyframe_sampler_reports_progress_per_step(comfy, layer_files):
     assert [(value, total) for _, value, total in updates] == [(step, STEPS) for step in range(1, STEPS + 1)]
 
 
-def test_cancel_stops_sampling_inside_the_temporal_layers(bridge, layer_files, tiny_model, sample, monkeypatch):
+def test_cancel_stops_sampling_inside_the_temporal_layers(comfy, bridge, layer_files, tiny_model, sample, monkeypatch):
     import comfy.model_management as mm
 
     video_model = trained_video_model(bridge, tiny_model(seed=5), layer_files)
     calls = []
-    real_forward = bridge.TemporalLayer.__call__
+    real_forward = comfy.module("vldm_core.temporal").TemporalLayer.__call__
 
     def cancel_on_first_temporal_layer(layer, *args, **kwargs):
         calls.append(layer)
         mm.interrupt_current_processing(True)  # the user presses Cancel while the video layers run
         return real_forward(layer, *args, **kwargs)
 
-    monkeypatch.setattr(bridge.TemporalLayer, "__call__", cancel_on_first_temporal_layer)
+    monkeypatch.setattr(comfy.module("vldm_core.temporal").TemporalLayer, "__call__", cancel_on_first_temporal_layer)
     try:
         with pytest.raises(mm.InterruptProcessingException):
             sample(video_model)

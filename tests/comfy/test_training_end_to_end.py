@@ -42,7 +42,7 @@ def test_layers_trained_on_comfyuis_unet_load_in_the_patcher_and_sample(comfy, t
     positive, _ = comfy.tiny_conds()
     torch.manual_seed(0)
     layers = temporal.TemporalLayers(unet_layout.find_layout(unet))
-    job = jobs.TemporalLayersJob(unet, layers, lambda captions: positive[0][0].expand(len(captions), -1, -1), call_unet=bridge.call_unet_for_training)
+    job = jobs.TemporalLayersJob(unet, layers, lambda captions: positive[0][0].expand(len(captions), -1, -1), call_unet=comfy.module("vldm_core.comfy_unet").call_unet)
     before = held_out_loss(job)
     loop.train(job, MovingPatterns(), loop.TrainConfig(output_dir=str(tmp_path), steps=100, batch_size=4, lr=3e-3, checkpoint_every=100, log_every=50))
     after = held_out_loss(job)

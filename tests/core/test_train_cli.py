@@ -100,7 +100,11 @@ def test_latents_can_be_encoded_once_into_a_cache(base, tmp_path):
     (dict(layers__alpha=0.3), "unknown key layers.alpha"),
     (dict(train__learning_rate=1e-3), "unknown training settings ['learning_rate']"),
     (dict(data__fps=None), "data.fps is required"),
-    (dict(base__unet=""), "base.unet is required for temporal_layers"),
+    (dict(base__unet=""), "the pack's own model files need base.unet too"),
+    (dict(base__checkpoint="sd15.safetensors"), "one source of the frozen models (base.checkpoint and the pack's own model files)"),
+    (dict(base__vae="vae.safetensors"), "base.vae is not used: temporal_layers jobs take base.checkpoint or"),
+    (dict(base__unet="", base__text_encoder="", base__autoencoder=""), "one source of the frozen models (none given): temporal_layers jobs take base.checkpoint or base.autoencoder + base.text_encoder + base.unet"),
+    (dict(job__kind="temporal_decoder", base__vae="vae.safetensors"), "(base.vae and the pack's own model files)"),
 ])
 def test_config_problems_are_named_before_anything_loads(base, tmp_path, changes, message):
     values = config(base, tmp_path, **{k: v for k, v in changes.items() if v is not None})

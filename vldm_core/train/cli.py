@@ -14,10 +14,14 @@ exported file is never written over.
     adversarial_weight = 0.1          # temporal_decoder: weight of the 3D patch discriminator's loss
     patch = 0                         # upscaler: train on random patches of this many latent pixels (0: whole frames)
 
-    [base]                            # the pack's own model files (vldm_core.model_files)
-    unet = "models/unet.safetensors"
-    text_encoder = "models/text_encoder.safetensors"
-    autoencoder = "models/autoencoder.safetensors"
+    [base]                            # an SD checkpoint, loaded with ComfyUI's own loaders:
+    checkpoint = "ComfyUI/models/checkpoints/v1-5-pruned-emaonly.safetensors"
+    comfyui = ""                      # ComfyUI's folder; default: importable, $COMFYUI_PATH, or the one this pack is installed in
+    # or the pack's own model files (vldm_core.model_files), as the bundled model is trained:
+    # unet = "models/unet.safetensors"
+    # text_encoder = "models/text_encoder.safetensors"
+    # autoencoder = "models/autoencoder.safetensors"
+    # temporal_decoder jobs: autoencoder, checkpoint (its VAE) or vae = "vae-ft-mse-840000-ema-pruned.safetensors"
 
     [layers]                          # vldm_core.temporal.TemporalConfig
     context_latent_channels = 0
@@ -53,13 +57,14 @@ from ..temporal_decoder import fresh_temporal_decoder
 from .data import LatentCache, LatentClips, VideoClips
 from .decoder_job import TemporalDecoderJob, export_temporal_decoder
 from .discriminator import VideoDiscriminator
-from .jobs import TemporalLayersJob
+from .comfy_base import CheckpointBase, load_checkpoint, load_vae  # ComfyUI is imported only when they load a file
+from .jobs import TemporalLayersJob, call_own_unet
 from .upscaler_job import UpscalerJob, export_upscaler_layers
 from .loop import TrainConfig, default_device, load_checkpoint_weights, train
 
 SECTIONS = {
     "job": {"kind": "temporal_layers", "modes": ["keyframe"], "stages": [0, 1], "adversarial_weight": 0.1, "patch": 0},
-    "base": {"unet": "", "text_encoder": "", "autoencoder": None},
+    "base": {"checkpoint": "", "comfyui": "", "unet": "", "text_encoder": "", "autoencoder": "", "vae": ""},
     "layers": {f.name: f.default for f in fields(TemporalConfig)},
     "data": {"videos": None, "frames": None, "fps": None, "size": None, "latent_cache": ""},
     "train": None,  # TrainConfig checks its own keys
@@ -85,11 +90,24 @@ def check_config(config):
     kind = config.get("job", {}).get("kind", "temporal_layers")
     if kind not in JOBS:
         problems.append(f"job.kind {kind!r}: choose one of {', '.join(JOBS)}")
-    if kind != "temporal_decoder":
-        problems += [f"base.{key} is required for {kind}" for key in ("unet", "text_encoder") if not config.get("base", {}).get(key)]
+    problems += base_problems(kind, {key for key, value in config.get("base", {}).items() if value})
     if problems:
         raise ValueError("the training config has problems:\n  " + "\n  ".join(problems))
     TrainConfig.from_dict(config.get("train", {}))  # its own unknown and missing keys
+
+
+def base_problems(kind, given):
+    """The [base] keys a job needs: exactly one source of its frozen models, whole."""
+    own = {"autoencoder"} if kind == "temporal_decoder" else {"unet", "text_encoder", "autoencoder"}
+    files = ("checkpoint", "vae") if kind == "temporal_decoder" else ("checkpoint",)
+    takes = f"{kind} jobs take " + " or ".join([f"base.{key}" for key in files] + [" + ".join(f"base.{key}" for key in sorted(own))])
+    problems = [f"base.{key} is not used: {takes}" for key in sorted(given - own - {*files, "comfyui"})]
+    sources = [f"base.{key}" for key in files if key in given] + (["the pack's own model files"] if given & own else [])
+    if len(sources) != 1:
+        problems.append(f"[base] needs one source of the frozen models ({' and '.join(sources) or 'none given'}): {takes}")
+    elif given & own and own - given:
+        problems.append(f"the pack's own model files need {', '.join(f'base.{key}' for key in sorted(own - given))} too")
+    return problems
 
 
 def section(config, name):
@@ -101,10 +119,12 @@ def file_hash(path):
         return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
 
-def frozen_base(config, device):
-    """The base UNet, caption encoder and autoencoder (frozen) with the UNet's
-    prediction type and the autoencoder's ``encode_frames`` (posterior mean, scaled)."""
+def frozen_base(config, kind, device):
+    """The base UNet, caption encoder and autoencoder (frozen): a CheckpointBase
+    from an SD checkpoint, or the same from the pack's own model files."""
     base = section(config, "base")
+    if base["checkpoint"]:
+        return load_checkpoint(base["checkpoint"], kind, device, base["comfyui"])
     unet, unet_meta = load_model(base["unet"], "unet")
     text_encoder, _ = load_model(base["text_encoder"], "text_encoder")
     autoencoder, ae_meta = load_model(base["autoencoder"], "autoencoder")
@@ -114,31 +134,41 @@ def frozen_base(config, device):
     def encode_frames(pixels):
         return autoencoder.encode(pixels)[0] * scale
 
-    return unet, text_encoder, encode_frames, unet_meta.get("prediction_type", "eps")
+    return CheckpointBase(unet, text_encoder, encode_frames, unet_meta.get("prediction_type", "eps"), autoencoder, call_own_unet)
+
+
+def frozen_autoencoder(config, device):
+    """The autoencoder a temporal_decoder job fine-tunes the decoder of."""
+    base = section(config, "base")
+    if base["autoencoder"]:
+        return load_model(base["autoencoder"], "autoencoder")[0].to(device)
+    key = "checkpoint" if base["checkpoint"] else "vae"
+    return load_vae(base[key], device, base["comfyui"], key=key)
 
 
 def temporal_layers_job(config, device):
     """Fresh temporal layers on the frozen base, and the job that trains them;
     returns (job, encode_frames for the latent cache, export(path, weights))."""
     job, layer_settings = section(config, "job"), section(config, "layers")
-    unet, text_encoder, encode_frames, prediction_type = frozen_base(config, device)
-    layers = TemporalLayers(find_layout(unet), TemporalConfig(**layer_settings), modes=job["modes"]).to(device)
-    trainer = TemporalLayersJob(unet, layers, text_encoder, prediction_type, job["modes"], tuple(job["stages"]), encode_frames)
+    base = frozen_base(config, "temporal_layers", device)
+    layers = TemporalLayers(find_layout(base.unet), TemporalConfig(**layer_settings), modes=job["modes"]).to(device)
+    trainer = TemporalLayersJob(base.unet, layers, base.encode_text, base.prediction_type, job["modes"], tuple(job["stages"]), base.encode_frames, base.call_unet)
 
     def export(path, weights):
         trained = TemporalLayers(layers.layout, layers.config, modes=trainer.modes)
         trained.load_state_dict(weights)
-        save_temporal_layers(trained, path, train_frames=config["data"]["frames"], modes=trainer.modes, prediction_type=prediction_type)
+        save_temporal_layers(trained, path, train_frames=config["data"]["frames"], modes=trainer.modes, prediction_type=base.prediction_type)
 
-    return trainer, encode_frames, export
+    return trainer, base.encode_frames, export
 
 
 def upscaler_job(config, device):
     """Fresh temporal layers on a frozen x4-upscaler-style UNet; the clips are its
     high-res targets, their 4x area-downsampled frames its low-res input."""
-    unet, text_encoder, encode_frames, prediction_type = frozen_base(config, device)
-    layers = TemporalLayers(find_layout(unet), TemporalConfig(**section(config, "layers")), modes=("upscaler",)).to(device)
-    trainer = UpscalerJob(unet, layers, text_encoder, prediction_type, patch=section(config, "job")["patch"] or None, encode_frames=encode_frames)
+    base = frozen_base(config, "upscaler", device)
+    layers = TemporalLayers(find_layout(base.unet), TemporalConfig(**section(config, "layers")), modes=("upscaler",)).to(device)
+    patch = section(config, "job")["patch"] or None
+    trainer = UpscalerJob(base.unet, layers, base.encode_text, base.prediction_type, patch=patch, encode_frames=base.encode_frames, call_unet=base.call_unet)
 
     def export(path, weights):
         export_upscaler_layers(trainer, path, train_frames=config["data"]["frames"], weights=weights)
@@ -148,8 +178,7 @@ def upscaler_job(config, device):
 
 def temporal_decoder_job(config, device):
     """The frozen autoencoder, fresh temporal blocks for its decoder and a 3D patch discriminator."""
-    autoencoder, _ = load_model(section(config, "base")["autoencoder"], "autoencoder")
-    autoencoder = autoencoder.to(device)
+    autoencoder = frozen_autoencoder(config, device)
     temporal = fresh_temporal_decoder(autoencoder.decoder, TemporalConfig(**section(config, "layers"))).to(device)
     trainer = TemporalDecoderJob(autoencoder, temporal, VideoDiscriminator().to(device), adversarial_weight=section(config, "job")["adversarial_weight"])
 
@@ -166,7 +195,8 @@ def dataset(config, encode_frames):
     print(clips.summary())
     if not data["latent_cache"] or encode_frames is None:
         return clips
-    encoder = f"autoencoder:{file_hash(config['base']['autoencoder'])}"  # a cache built with other weights is not reused
+    source = "checkpoint" if config["base"].get("checkpoint") else "autoencoder"
+    encoder = f"{source}:{file_hash(config['base'][source])}"  # a cache built with other weights is not reused
     cache = LatentCache(data["latent_cache"], {**clips.settings(), "encoder": encoder})
     cache.encode_all(clips, encode_frames)
     return LatentClips(cache)

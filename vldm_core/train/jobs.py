@@ -32,6 +32,11 @@ def video_latents(batch, encode_frames, device):
     return rearrange(frames, "(b t) c h w -> b t c h w", b=videos).contiguous()
 
 
+def call_own_unet(unet, x, timesteps, context, frames, masked_context=None, y=None):
+    """The pack's own UNet (vldm_core.unet), called as every job calls a UNet."""
+    return unet(x, timesteps, context, frames, masked_context, y=y)
+
+
 class TemporalLayersJob:
     """Temporal layers on a frozen image UNet, trained with the image model's objective on videos.
 
@@ -40,7 +45,7 @@ class TemporalLayersJob:
     sees them, or ``pixels`` ``(b, t, 3, H, W)`` that ``encode_frames(pixels
     (n, 3, H, W)) -> latents`` encodes (frozen) on the training device; and ``caption``.
     ``call_unet(unet, x, timesteps, context, frames, masked_context)`` runs a UNet
-    whose forward takes other arguments (ComfyUI's: nodes.comfy_bridge)."""
+    whose forward takes other arguments (ComfyUI's: vldm_core.comfy_unet.call_unet)."""
 
     def __init__(self, unet, layers, encode_text, prediction_type="eps", modes=("keyframe",), stages=None, encode_frames=None, call_unet=None):
         unknown = set(modes) - {"keyframe", *CONTEXT_MODES}
@@ -50,7 +55,7 @@ class TemporalLayersJob:
             raise ValueError("prediction and interpolation train on context frames: build the layers with context_latent_channels set")
         self.unet = unet.requires_grad_(False).eval()
         inject(self.unet, layers.by_site())
-        self.call_unet = call_unet or (lambda unet, *args: unet(*args))
+        self.call_unet = call_unet or call_own_unet
         self.module = layers.requires_grad_(True).train()
         self.encode_text, self.encode_frames, self.prediction_type, self.modes = encode_text, encode_frames, prediction_type, tuple(modes)
         self.stages = stages if layers.config.interpolation_stage else None

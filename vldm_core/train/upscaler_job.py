@@ -23,7 +23,7 @@ from ..sampling import alphas_cumprod
 from ..temporal import TemporalLayers
 from ..unet_layout import inject
 from ..weights import save_temporal_layers
-from .jobs import video_latents
+from .jobs import call_own_unet, video_latents
 from .objectives import draw_timesteps, noised
 
 MODES = ("upscaler",)
@@ -72,8 +72,8 @@ def random_patches(videos, patch, generator):
 class UpscalerJob:
     """Temporal layers on a frozen x4-upscaler-style UNet: ``in_channels`` = latent
     channels + 3 (the low-res frames), and a class label ``y`` (the augmentation
-    level) with room for levels 0 to ``noise_levels``. The UNet is called
-    ``unet(x, timesteps, context, frames=t, y=levels)`` on frames ``(b t) c h w``.
+    level) with room for levels 0 to ``noise_levels``. ``call_unet`` runs it on
+    frames ``(b t) c h w`` as in TemporalLayersJob, with the levels as ``y``.
 
     ``encode_text(captions) -> (b, tokens, dim)`` embeds the captions (frozen).
     Batches hold ``latents`` ``(b, t, c, h, w)``: the high-res frames encoded by
@@ -87,7 +87,7 @@ class UpscalerJob:
     random patch, in latent pixels, that each video trains on; the real x4
     upscaler needs multiples of 8."""
 
-    def __init__(self, unet, layers, encode_text, prediction_type="v", noise_levels=MAX_NOISE_LEVEL, patch=None, encode_frames=None):
+    def __init__(self, unet, layers, encode_text, prediction_type="v", noise_levels=MAX_NOISE_LEVEL, patch=None, encode_frames=None, call_unet=None):
         if layers.config.context_latent_channels:
             raise ValueError("upscaler temporal layers take no context frames: build them with context_latent_channels 0")
         if layers.layout.in_channels <= LOW_RES_CHANNELS:
@@ -98,6 +98,7 @@ class UpscalerJob:
             raise ValueError(f"this UNet has {have}; an upscaler UNet is told the augmentation level (0 to {noise_levels}) as its class label y")
         self.unet = unet.requires_grad_(False).eval()
         inject(self.unet, layers.by_site())
+        self.call_unet = call_unet or call_own_unet
         self.module = layers.requires_grad_(True).train()
         self.encode_text, self.encode_frames, self.prediction_type, self.noise_levels = encode_text, encode_frames, prediction_type, noise_levels
         self.patch = None if patch is None else tuple(patch) if isinstance(patch, (tuple, list)) else (patch, patch)
@@ -150,7 +151,7 @@ class UpscalerJob:
 
     def loss(self, batch, generator):
         inputs, target = self.unet_inputs(batch, generator)
-        return F.mse_loss(self.unet(**inputs).float(), target.float())
+        return F.mse_loss(self.call_unet(self.unet, **inputs).float(), target.float())
 
 
 def export_upscaler_layers(job, path, train_frames, weights=None, overwrite=False):
