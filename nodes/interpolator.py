@@ -1,19 +1,11 @@
 from comfy_api.latest import io
 
-from ..vldm_core.masking import INTERPOLATION_FACTOR, interpolated_length, interpolation_windows
+from ..vldm_core.masking import INTERPOLATION_FACTOR, interpolated_length, interpolation_windows, keys_per_window
 from ..vldm_core.rollout import interpolate
 from .comfy_bridge import check_video_latent, layers_for_mode, to_intermediate, video_latent, window_progress, window_sampler
 from .sampler_inputs import sampler_inputs
 
 MULTIPLIERS = {"4": 1, "16": 2}  # passes of the 4x model
-
-
-def keys_per_window(train_frames):
-    """The most key frames whose 4N - 3 frames fit the window the layers were trained on."""
-    keys = (train_frames - 1) // INTERPOLATION_FACTOR + 1
-    if keys < 2:
-        raise ValueError(f"these layers were trained on {train_frames} frames; interpolation needs windows of at least 5 (2 key frames and 3 between)")
-    return keys
 
 
 class Interpolator4x(io.ComfyNode):

@@ -65,6 +65,14 @@ def no_context(latents, stage=None):
     return context_input(latents, torch.zeros(latents.shape[0], device=latents.device), stage)
 
 
+def keys_per_window(train_frames):
+    """The most key frames whose 4N - 3 frames fit the window the layers were trained on."""
+    keys = (train_frames - 1) // INTERPOLATION_FACTOR + 1
+    if keys < 2:
+        raise ValueError(f"these layers were trained on {train_frames} frames; interpolation needs windows of at least 5 (2 key frames and 3 between)")
+    return keys
+
+
 def interpolation_windows(key_frames, keys_per_window):
     """Key-frame index ranges ``[start, end)`` that cover all key frames, each
     window sharing its first key frame with the last of the window before, so

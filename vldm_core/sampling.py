@@ -60,10 +60,13 @@ class Denoiser:
         self.unet, self.prediction_type = unet, prediction_type
         self.train_sigmas = discrete_sigmas() if train_sigmas is None else train_sigmas
 
-    def __call__(self, x, sigma, context, frames, masked_context=None):
+    def __call__(self, x, sigma, context, frames, masked_context=None, concat=None, y=None):
+        """``concat``: frames stacked on the scaled input's channels (the x4
+        upscaler's low-res frames); ``y``: class labels (its noise level)."""
         scale = (sigma**2 + 1) ** -0.5
         t = timestep_at(self.train_sigmas, sigma).expand(x.shape[0])
-        out = self.unet(x * scale, t, context, frames, masked_context)
+        x_in = x * scale if concat is None else torch.cat([x * scale, concat.to(x)], dim=1)
+        out = self.unet(x_in, t, context, frames, masked_context, y=y)
         if self.prediction_type == "eps":
             return x - sigma * out
         return x * scale**2 - out * sigma * scale
@@ -78,6 +81,24 @@ def sample_euler(denoise, noise, sigmas, callback=None):
         if callback is not None:
             callback(i, len(sigmas) - 1)
     return x
+
+
+def sample_guided(denoiser, text, no_text, noise, steps, cfg, callback=None, concat=None, y=None):
+    """One video from ``noise`` ``(t, c, h, w)`` with classifier-free guidance,
+    f(z; -) + w * (f(z; text) - f(z; -)), both branches in one forward:
+    key frames (layers without context), and the x4 upscaler with its
+    ``concat`` low-res frames and noise level ``y``."""
+    frames = noise.shape[0]
+    context = torch.cat([no_text, text]).to(noise.device).repeat_interleave(frames, dim=0)
+
+    def twice(v):
+        return None if v is None else torch.cat([v, v]).to(noise.device)
+
+    def guided(x, sigma):
+        uncond, cond = denoiser(torch.cat([x, x]), sigma, context, frames, concat=twice(concat), y=twice(y)).chunk(2)
+        return uncond + cfg * (cond - uncond)
+
+    return sample_euler(guided, noise, sampling_sigmas(denoiser.train_sigmas, steps).to(noise.device), callback)
 
 
 def window_sampler(denoiser, text, no_text, steps, cfg, context_scale, seed, device, callback=None):

@@ -21,7 +21,7 @@ def test_a_unet_that_hits_the_training_target_denoises_exactly_when_sampling(pre
     for video in range(2):
         sigma = discrete_sigmas()[t[video]]
 
-        def unet(x_in, timesteps, context, frames, masked_context=None):
+        def unet(x_in, timesteps, context, frames, masked_context=None, y=None):
             assert torch.allclose(x_in, x_t[video], atol=1e-5) and torch.allclose(timesteps, t[video].float().expand(3), atol=1e-2)
             return target[video]
 

@@ -49,7 +49,7 @@ def test_denoiser_inverts_the_forward_process_for_an_oracle_unet(prediction_type
     alpha, s = (1 + sigma**2) ** -0.5, sigma * (1 + sigma**2) ** -0.5  # x * alpha is the variance-preserving latent
     target = eps if prediction_type == "eps" else alpha * eps - s * x0
 
-    def oracle(x_in, t, context, frames, masked_context=None):
+    def oracle(x_in, t, context, frames, masked_context=None, y=None):
         assert torch.allclose(x_in, x * alpha) and t.shape == (2,)
         return target
 

@@ -67,3 +67,48 @@ def checkpointed_gradients_agree(job, batch):
         return [p.grad.clone() for p in job.module.parameters()]
 
     return all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads(False), grads(True)))
+
+
+def write_tiny_bundle(folder, frame_size=(32, 32), key_frame_rate=2.0, upscaler=True, seed=0):
+    """A complete model bundle of tiny random models (temporal layers perturbed
+    off identity, so every stage acts): what vldm_core.pipeline loads."""
+    from vldm_core.autoencoder import AutoencoderConfig, AutoencoderKL
+    from vldm_core.model_files import save_model
+    from vldm_core.pipeline import write_bundle
+    from vldm_core.temporal import TemporalConfig
+    from vldm_core.temporal_decoder import fresh_temporal_decoder
+    from vldm_core.text_encoder import TextEncoder, TextEncoderConfig
+    from vldm_core.weights import save_temporal_layers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    text = TextEncoderConfig(dim=TINY.context_dim, layers=1, heads=2)
+    torch.manual_seed(seed)
+    unet = UNetModel(TINY)
+    autoencoder = AutoencoderKL(AutoencoderConfig(ch=16, ch_mult=(1, 1, 2, 2), norm_groups=8))
+    save_model(TextEncoder(text), folder / "text_encoder.safetensors")
+    save_model(unet, folder / "unet.safetensors", prediction_type="eps")
+    save_model(autoencoder, folder / "autoencoder.safetensors", latent_scale=0.5)
+
+    def layers(name, layout, modes, frames, config=TemporalConfig(), prediction_type="eps"):
+        trained = perturb(TemporalLayers(layout, config, modes=modes), seed=len(name))
+        save_temporal_layers(trained, folder / name, train_frames=frames, modes=modes, prediction_type=prediction_type)
+        return name
+
+    context = TemporalConfig(context_latent_channels=TINY.in_channels, interpolation_stage=True)
+    files = {
+        "text_encoder": "text_encoder.safetensors", "autoencoder": "autoencoder.safetensors", "unet": "unet.safetensors",
+        "keyframe": layers("keyframe.safetensors", find_layout(unet), ("keyframe",), 4),
+        "prediction": layers("context.safetensors", find_layout(unet), ("prediction", "interpolation"), 5, context),
+        "temporal_decoder": "temporal_decoder.safetensors",
+    }
+    files["interpolation"] = files["prediction"]
+    decoder = perturb(fresh_temporal_decoder(autoencoder.decoder, TemporalConfig(norm_groups=8)), seed=3)
+    save_temporal_layers(decoder, folder / files["temporal_decoder"], train_frames=3, modes=("decoder",))
+    if upscaler:
+        up = UNetModel(UNetConfig(in_channels=7, model_channels=16, channel_mult=(1, 2), head_dim=8, context_dim=TINY.context_dim, norm_groups=8, num_classes=351))
+        save_model(up, folder / "upscaler_unet.safetensors", prediction_type="v")
+        save_model(AutoencoderKL(AutoencoderConfig(ch=16, ch_mult=(1, 1, 2), norm_groups=8)), folder / "upscaler_autoencoder.safetensors", latent_scale=0.5)
+        files.update(upscaler_unet="upscaler_unet.safetensors", upscaler_autoencoder="upscaler_autoencoder.safetensors",
+                     upscaler_layers=layers("upscaler_layers.safetensors", find_layout(up), ("upscaler",), 3, TemporalConfig(norm_groups=8), "v"))
+    write_bundle(folder, files, key_frame_rate, frame_size)
+    return folder

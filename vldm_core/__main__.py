@@ -1,0 +1,70 @@
+"""``python -m vldm_core demo``: a video from a prompt with the bundled model, as an mp4.
+
+Training has its own command, ``python -m vldm_core.train CONFIG.toml``.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+from .pipeline import Settings, generate, load_bundle, plan
+from .video_io import write_video
+
+BUNDLED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "videoldm-shapes")
+
+
+def progress_bar(stream=sys.stderr):
+    """``progress(done, total)`` drawing one bar, redrawn in place on a terminal and every 10% in a log."""
+    start, interactive, shown = time.perf_counter(), stream.isatty(), [-1]
+
+    def progress(done, total):
+        tenth = 10 * done // total
+        if not interactive and tenth == shown[0] and done != total:
+            return
+        shown[0] = tenth
+        elapsed = time.perf_counter() - start
+        eta = elapsed / done * (total - done)
+        line = f"denoising steps {done}/{total} [{'#' * (24 * done // total):<24}] {elapsed:.0f} s, {eta:.0f} s to go"
+        stream.write(f"\r{line}\x1b[K" if interactive else f"{line}\n")
+        if interactive and done == total:
+            stream.write("\n")
+        stream.flush()
+
+    return progress
+
+
+def demo(args):
+    if os.path.exists(args.output) and not args.overwrite:
+        raise SystemExit(f"{args.output} exists: choose another --output or pass --overwrite")
+    model = load_bundle(args.models, args.device)
+    settings = Settings(seconds=args.seconds, seed=args.seed, steps=args.steps, interpolation=args.interpolation, upscale=not args.no_upscale)
+    work = plan(model, settings)
+    print(f"{work.key_frames} key frames at {model.key_frame_rate:g} fps -> {work.frames} frames at {work.frame_rate:g} fps; {work.total_steps} denoising steps", file=sys.stderr)
+    frames, fps = generate(model, args.prompt, settings, progress=progress_bar())
+    write_video(args.output, frames, fps)
+    print(f"wrote {args.output}: {frames.shape[0]} frames of {frames.shape[-1]}x{frames.shape[-2]} at {fps:g} fps")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m vldm_core", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("demo", help="generate a video with the bundled model (or another bundle)")
+    run.add_argument("--prompt", default="a red circle and a blue square", help="what the video shows, e.g. 'a green triangle and a yellow circle'")
+    run.add_argument("--seconds", type=float, default=10.0, help="length of the video")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--output", default="demo.mp4", help="the mp4 to write (never written over without --overwrite)")
+    run.add_argument("--overwrite", action="store_true")
+    run.add_argument("--steps", type=int, default=Settings.steps, help="denoising steps of each window")
+    run.add_argument("--interpolation", type=int, default=Settings.interpolation, choices=(1, 4, 16), help="frame-rate multiplier")
+    run.add_argument("--no-upscale", action="store_true", help="stop at the base resolution")
+    run.add_argument("--models", default=BUNDLED, help="a model bundle folder (bundle.json); default: the bundled model")
+    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    demo(args)
+
+
+if __name__ == "__main__":
+    main()
