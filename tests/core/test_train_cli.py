@@ -18,6 +18,7 @@ from vldm_core.model_files import load_model, save_model
 from vldm_core.text_encoder import TextEncoder, TextEncoderConfig
 from vldm_core.train.cli import check_config, run
 from vldm_core.unet import UNetConfig, UNetModel
+from vldm_core.temporal import TemporalLayers
 from vldm_core.temporal_decoder import find_decoder_layout
 from vldm_core.unet_layout import find_layout
 from vldm_core.weights import WeightFileError, load_temporal_layers
@@ -148,3 +149,65 @@ def test_the_same_command_trains_under_torchrun_with_two_gloo_ranks(base, tmp_pa
 def test_the_command_line_shows_help_with_an_example_config():
     result = subprocess.run([sys.executable, "-m", "vldm_core.train", "--help"], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0 and "[train]" in result.stdout and "--resume" in result.stdout
+
+
+def test_the_image_stage_trains_from_scratch_into_files_the_video_stage_loads(base, tmp_path):
+    """autoencoder -> image LDM (UNet + caption encoder) -> x4-style upscaler UNet, each from the one before."""
+    small_ae = {"ch": 16, "ch_mult": [1, 1, 2, 2], "norm_groups": 8}
+    loop = {"output_dir": "", "steps": 2, "batch_size": 2, "lr": 1e-3, "checkpoint_every": 2, "log_every": 1}
+    data = {"world": 4, "frames": 2, "fps": 8.0, "size": [32, 32]}  # the synthetic world the bundled model learns
+
+    def job(name, kind, **sections):
+        return run({"job": {"kind": kind}, "data": data, "train": {**loop, "output_dir": str(tmp_path / name)},
+                    "export": {"path": str(tmp_path / f"{name}.safetensors")}, **sections})
+
+    ae_path = job("ae", "autoencoder", model={"autoencoder": small_ae})
+    autoencoder, metadata = load_model(ae_path, "autoencoder")
+    assert autoencoder.config.ch == 16 and float(metadata["latent_scale"]) > 0
+
+    text = {"dim": 24, "layers": 1, "heads": 2}
+    unet_path = job("image", "image", base={"autoencoder": ae_path}, model={"unet": {"context_dim": 24}, "text_encoder": text},
+                    export={"path": str(tmp_path / "unet.safetensors"), "text_encoder": str(tmp_path / "text.safetensors")})
+    unet, unet_meta = load_model(unet_path, "unet")
+    text_encoder, _ = load_model(tmp_path / "text.safetensors", "text_encoder")
+    assert unet_meta["prediction_type"] == "eps" and text_encoder.config.dim == 24
+    assert TemporalLayers(find_layout(unet))  # a UNet the temporal layers fit
+
+    save_model(AutoencoderKL(AutoencoderConfig(ch_mult=(1, 2, 2), **{k: v for k, v in small_ae.items() if k != "ch_mult"})), tmp_path / "ae_f4.safetensors")
+    up_path = job("up", "image_upscaler", base={"autoencoder": str(tmp_path / "ae_f4.safetensors"), "text_encoder": str(tmp_path / "text.safetensors")},
+                  job={"kind": "image_upscaler", "prediction_type": "v", "patch": 4},
+                  model={"unet": {"in_channels": 7, "context_dim": 24, "num_classes": 351}})
+    upscaler, up_meta = load_model(up_path, "unet")
+    assert upscaler.config.num_classes == 351 and up_meta["prediction_type"] == "v"
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"job": {"kind": "autoencoder"}, "base": {"unet": "u.safetensors"}}, "base.unet is not used: autoencoder jobs take no base models"),
+    ({"job": {"kind": "image"}, "base": {"autoencoder": "a.safetensors"}}, "export.text_encoder is required for image jobs"),
+    ({"job": {"kind": "autoencoder"}, "model": {"autoencoder": {"channels": 8}}}, "unknown key model.autoencoder.channels"),
+    ({"job": {"kind": "image_upscaler"}, "base": {"autoencoder": "a.safetensors"}}, "the pack's own model files need base.text_encoder too"),
+    ({"job": {"kind": "autoencoder"}, "data": {"videos": "v", "world": 8, "frames": 2, "fps": 8.0, "size": [32, 32]}}, "[data] takes videos"),
+])
+def test_image_stage_config_problems_are_named(values, message):
+    config = {"data": {"videos": "v", "frames": 2, "fps": 8.0, "size": [32, 32]}, "train": {"output_dir": "o"}, "export": {"path": "p"}, **values}
+    with pytest.raises(ValueError) as error:
+        check_config(config)
+    assert message in str(error.value)
+
+
+def test_a_perceptual_loss_joins_the_temporal_decoder_from_lpips_weights(base, tmp_path):
+    from safetensors.torch import save_file
+    from vldm_core.train.perceptual import LPIPS
+
+    g = torch.Generator().manual_seed(0)
+    weights = {k: (v + 0.05 * torch.randn(v.shape, generator=g)).contiguous() for k, v in LPIPS().state_dict().items()}
+    weights.update({k: v.abs() for k, v in weights.items() if k.startswith("lin")})  # random, with non-negative heads as trained ones have
+    save_file(weights, str(tmp_path / "lpips_vgg.safetensors"))
+    values = config(base, tmp_path, job__kind="temporal_decoder", layers__context_latent_channels=0, job__perceptual_weights=str(tmp_path / "lpips_vgg.safetensors"))
+    del values["base"]["unet"], values["base"]["text_encoder"], values["job"]["modes"]
+    values["data"]["size"] = [32, 32]
+    run(values)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(set(line["terms"]) == {"reconstruction", "adversarial", "discriminator", "perceptual"} for line in logged)
+    assert all(line["terms"]["perceptual"] > 0 for line in logged)
+    assert set(logged[-1]["grad_norms"]) == {"temporal", "discriminator"}

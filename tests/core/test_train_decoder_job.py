@@ -3,10 +3,10 @@ included) comes out bit-identical, the temporal blocks and the discriminator
 both learn, each only from its own losses, and the exported file is what
 Temporal VAE Decode loads."""
 
+
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import Dataset
 
 from vldm_core.autoencoder import AutoencoderConfig, AutoencoderKL
@@ -17,7 +17,8 @@ from vldm_core.train.discriminator import VideoDiscriminator
 from vldm_core.train.loop import TrainConfig, load_checkpoint_weights, train
 from vldm_core.weights import load_temporal_layers
 
-from tiny_models import checkpointed_gradients_agree
+from tiny_models import ToyPerceptual, checkpointed_gradients_agree
+from train_toys import assert_two_ranks_match_one_process, log_of
 
 FRAMES, SIZE = 4, 16
 
@@ -37,18 +38,6 @@ class ColourCastClips(Dataset):
         pattern = F.interpolate(torch.randn(1, 3, 4, 4, generator=g), size=SIZE, mode="bilinear")[0]
         cast = torch.rand(3, 1, 1, generator=g) * 0.6
         return {"pixels": (torch.stack([pattern.roll(k, dims=-1) for k in range(FRAMES)]) * 0.5 + cast).tanh(), "caption": "colours"}
-
-
-class ToyPerceptual(nn.Module):
-    """Stands in for LPIPS: distance between frozen features of the two frames."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(2)
-        self.features = nn.Conv2d(3, 8, 3, stride=2)
-
-    def forward(self, x, y):
-        return (self.features(x) - self.features(y)).abs().mean(dim=(1, 2, 3))
 
 
 def autoencoder():
@@ -72,10 +61,9 @@ def held_out_reconstruction(j):
 
 
 def run(j, tmp_path, steps=40, **settings):
-    """Without gradient clipping: the clip is global, and the discriminator's
-    gradients would shrink the temporal blocks' steps in so short a run."""
-    config = TrainConfig(output_dir=str(tmp_path), steps=steps, batch_size=4, lr=5e-3, grad_clip=0, checkpoint_every=steps, log_every=20, seed=0, **settings)
-    return train(j, ColourCastClips(), config)
+    """With the loop's default clipping, of each side's gradient on its own."""
+    defaults = dict(steps=steps, batch_size=4, lr=5e-3, checkpoint_every=steps, log_every=20, seed=0)
+    return train(j, ColourCastClips(), TrainConfig(output_dir=str(tmp_path), **{**defaults, **settings}))
 
 
 def snapshot(module):
@@ -117,14 +105,15 @@ def test_each_side_gets_gradients_from_its_own_losses_only():
         assert sum(g.abs().sum() for g in temporal if g is not None) > 0, term
 
 
-def test_the_loss_is_the_weighted_sum_of_its_terms():
+def test_the_loss_is_the_weighted_sum_of_its_terms_beside_them():
     j = job(adversarial_weight=0.3, perceptual=ToyPerceptual(), perceptual_weight=2.0)
     batch = batch_of(ColourCastClips(), 2)
     with torch.no_grad():
         terms = j.losses(batch, torch.Generator().manual_seed(4))
-        total = j.loss(batch, torch.Generator().manual_seed(4))
+    output = j.loss(batch, torch.Generator().manual_seed(4))
     expected = terms["reconstruction"] + 0.3 * terms["adversarial"] + terms["discriminator"] + 2.0 * terms["perceptual"]
-    assert torch.allclose(total, expected)
+    assert torch.allclose(output["loss"], expected) and output["loss"].requires_grad
+    assert output.keys() == {"loss", *terms} and all(torch.equal(output[name], term) and not output[name].requires_grad for name, term in terms.items())
     assert j.config_dict()["loss_weights"] == {"reconstruction": 1.0, "adversarial": 0.3, "discriminator": 1.0, "perceptual": 2.0}
     assert job().config_dict()["loss_weights"]["perceptual"] == 0.0
 
@@ -166,3 +155,31 @@ def test_temporal_blocks_of_another_decoder_or_with_context_are_refused():
     with_context = TemporalLayers(find_decoder_layout(ae.decoder), TemporalConfig(context_latent_channels=4), modes=("decoder",))
     with pytest.raises(ValueError, match="no context frames"):
         TemporalDecoderJob(ae, with_context, VideoDiscriminator(channels=8, layers=2))
+
+
+def test_the_log_holds_each_term_of_the_step_and_each_sides_gradient_norm(tmp_path):
+    """A one-step run logs the terms ``losses()`` gives on the batch and draws the
+    step trained on, at the weights before it."""
+    j = job(perceptual=ToyPerceptual())
+    seen, loss = [], j.loss
+    j.loss = lambda batch, generator: seen.append((batch, generator.get_state())) or loss(batch, generator)
+    run(j, tmp_path, steps=1, log_every=1)
+    (batch, state), = seen
+    with torch.no_grad():
+        terms = job(perceptual=ToyPerceptual()).losses(batch, torch.Generator().set_state(state))
+    line, = log_of(tmp_path)
+    assert line["terms"] == pytest.approx({name: term.item() for name, term in terms.items()}, rel=1e-6)
+    assert line["loss"] == pytest.approx(sum(j.loss_weights[name] * term.item() for name, term in terms.items()), rel=1e-6)
+    assert line["grad_norms"].keys() == {"temporal", "discriminator"}
+    assert line["grad_norm"] == pytest.approx(sum(norm**2 for norm in line["grad_norms"].values()) ** 0.5, rel=1e-6)
+
+
+def ddp_case():
+    """A few steps, both sides' gradients clipped (see assert_two_ranks_match_one_process for the small lr and clip)."""
+    settings = dict(steps=3, batch_size=4, lr=1e-5, grad_clip=0.01, ema_decay=0.5, checkpoint_every=2, log_every=1)
+    return job(perceptual=ToyPerceptual()), ColourCastClips(videos=8), settings
+
+
+def test_two_gloo_ranks_match_each_other_and_one_process_with_the_same_global_batch(tmp_path):
+    assert_two_ranks_match_one_process(ddp_case, tmp_path)
+    assert log_of(tmp_path / "ddp")[0]["terms"].keys() == {"reconstruction", "adversarial", "discriminator", "perceptual"}

@@ -1,9 +1,7 @@
 import json
 import os
 import pickle
-import socket
-import subprocess
-import sys
+import re
 from pathlib import Path
 
 import pytest
@@ -14,9 +12,7 @@ from safetensors.torch import load_file
 from vldm_core.train import loop
 from vldm_core.train.loop import TrainConfig, load_checkpoint_weights, train
 
-from train_toys import Interrupted, PlainJob, ToyData, ToyJob
-
-REPO = Path(__file__).resolve().parents[2]
+from train_toys import Interrupted, PlainJob, ToyData, ToyJob, TwoScalesJob, assert_two_ranks_match_one_process, log_of, toy_case
 
 
 def config(tmp_path, name="run", **overrides):
@@ -106,6 +102,7 @@ def test_warmup_ramps_the_learning_rate_and_the_log_says_so(tmp_path, capsys):
     assert [line["step"] for line in lines] == [1, 2, 3, 4, 5, 6]
     assert [line["lr"] for line in lines] == pytest.approx([0.0125, 0.025, 0.0375, 0.05, 0.05, 0.05])
     assert all(line["clips_per_s"] > 0 and line["loss"] > 0 and line["peak_memory_gib"] is None for line in lines)
+    assert all(line["terms"] == {} and line["grad_norms"] == {"all": pytest.approx(line["grad_norm"], rel=1e-6)} for line in lines)
     assert result.step == 6 and result.loss == lines[-1]["loss"]
     err = capsys.readouterr().err
     assert "step 6/6" in err and "clips/s" in err and "trained 6 steps" in err
@@ -125,6 +122,56 @@ def test_gradient_checkpointing_is_handed_to_the_job_and_changes_nothing(tmp_pat
     train(checkpointed, ToyData(), config(tmp_path, name="ckpt", gradient_checkpointing=True))
     assert plain.checkpointing is False and checkpointed.checkpointing is True
     assert all(torch.equal(a, b) for a, b in zip(plain.module.parameters(), checkpointed.module.parameters()))
+
+
+# --- terms and parameter groups ------------------------------------------------------------------
+
+
+def test_the_terms_a_loss_returns_are_logged_as_means_over_each_window(tmp_path):
+    job = TwoScalesJob()
+    cfg = config(tmp_path, steps=4, log_every=2)
+    train(job, ToyData(), cfg)
+    for line, window in zip(log_lines(cfg), (job.outputs[:2], job.outputs[2:]), strict=True):
+        means = {name: sum(output[name].item() for output in window) / 2 for name in ("loss", "small", "large")}
+        assert line["terms"] == pytest.approx({"small": means["small"], "large": means["large"]}, rel=1e-6)
+        assert line["loss"] == pytest.approx(means["loss"], rel=1e-6)
+
+
+def test_each_parameter_group_is_clipped_on_its_own(tmp_path):
+    """After one step AdamW's first moment is (1 - beta1) * the clipped gradient:
+    each group's must be its own gradient clipped alone, though the two are a
+    thousand times apart (one global clip would all but stop the small head)."""
+    job, reference = TwoScalesJob(), TwoScalesJob()
+    cfg = config(tmp_path, steps=1, warmup_steps=0, log_every=1, grad_clip=1.0)
+    train(job, ToyData(), cfg)
+    reference.loss(job.batches[0], None)["loss"].backward()
+    tensors, _ = checkpoint_of(cfg)
+    line, = log_lines(cfg)
+    norms = {group: torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip).item() for group, params in reference.parameter_groups().items()}
+    assert 1 < norms["small"] < norms["large"] / 100
+    assert line["grad_norms"] == pytest.approx(norms, rel=1e-6)
+    assert line["grad_norm"] == pytest.approx((norms["small"] ** 2 + norms["large"] ** 2) ** 0.5, rel=1e-6)
+    for group, head in reference.module.items():
+        clipped = {name: tensors[f"optim.{group}.{name}.exp_avg"] / (1 - cfg.betas[0]) for name, _ in head.named_parameters()}
+        assert torch.linalg.vector_norm(torch.stack([g.norm() for g in clipped.values()])) == pytest.approx(cfg.grad_clip, rel=1e-5)
+        for name, p in head.named_parameters():
+            torch.testing.assert_close(clipped[name], p.grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("groups, message", [
+    (lambda m: [list(m.parameters())], "must return a non-empty dict"),
+    (lambda m: {}, "must return a non-empty dict"),
+    (lambda m: {"small": list(m["small"].parameters()), "large": []}, "group 'large' is empty"),
+    (lambda m: {"small": list(m["small"].parameters())}, "2 parameters of TwoScalesJob.module are in no group: ['large.weight', 'large.bias']"),
+    (lambda m: {"all": list(m.parameters()), "small": list(m["small"].parameters())}, "listed more than once: {'small.weight': ['all', 'small']"),
+    (lambda m: {"all": list(m.parameters()), "other": [torch.nn.Parameter(torch.zeros(1))]}, "group 'other' holds 1 parameters that are not in TwoScalesJob.module"),
+], ids=["list", "empty", "empty group", "left out", "twice", "foreign"])
+def test_parameter_groups_that_do_not_split_the_module_are_refused_before_any_compute(tmp_path, groups, message):
+    job = TwoScalesJob()
+    job.parameter_groups = lambda: groups(job.module)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train(job, ToyData(), config(tmp_path))
+    assert job.batches == [] and not os.path.exists(config(tmp_path).output_dir)
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -350,48 +397,50 @@ def test_a_loss_that_is_not_a_scalar_or_not_finite_stops_the_run(tmp_path):
     assert json.loads(checkpoint_of(late)[1]["position"])["step"] == 2
 
 
+class Terms(PlainJob):
+    """Returns the loss and ``terms(calls)``: a dict of names to values."""
+
+    def __init__(self, terms):
+        super().__init__()
+        self.terms = terms
+
+    def loss(self, batch, generator):
+        loss = super().loss(batch, generator)
+        return {name: loss * value if isinstance(value, float) else value for name, value in {"loss": 1.0, **self.terms(self.calls)}.items()}
+
+
+@pytest.mark.parametrize("terms, error, message", [
+    (lambda calls: {"loss": None}, TypeError, "a dict of scalar tensors with a 'loss' entry; got {'loss': 'NoneType ()'}"),
+    (lambda calls: {"a": torch.ones(2)}, TypeError, "got {'a': 'Tensor (2,)'}"),
+    (lambda calls: {"a": 1.0} if calls == 1 else {"b": 1.0}, ValueError, "terms ['b'] at step 2, ['a'] before"),
+    (lambda calls: {"a": float("inf")}, FloatingPointError, "between steps 1 and 2"),
+], ids=["loss not a tensor", "term not a scalar", "terms change", "term not finite"])
+def test_loss_dicts_with_bad_or_changing_terms_stop_the_run(tmp_path, terms, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        train(Terms(terms), ToyData(), config(tmp_path))
+
+
+def test_a_loss_dict_without_a_loss_is_refused(tmp_path):
+    class NoLoss(PlainJob):
+        def loss(self, batch, generator):
+            return {"total": super().loss(batch, generator)}
+
+    with pytest.raises(TypeError, match=re.escape("without a 'loss' entry (it has ['total'])")):
+        train(NoLoss(), ToyData(), config(tmp_path))
+
+
 # --- distributed ---------------------------------------------------------------------------------
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_ranks_match_each_other_and_one_process_with_the_same_global_batch(tmp_path, capsys):
-    out, steps, batch = tmp_path / "ddp", 4, 4
-    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    script = Path(__file__).with_name("train_toys.py")
-    ranks = [
-        subprocess.Popen([sys.executable, str(script), str(out), str(steps), str(batch)], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stderr=subprocess.PIPE, text=True)
-        for r in range(2)
-    ]
-    try:
-        errors = [p.communicate(timeout=60)[1] for p in ranks]
-    finally:
-        for p in ranks:
-            p.kill()
-    assert [p.returncode for p in ranks] == [0, 0], errors
-
-    single_data, single = ToyData(), ToyJob(noise=0.0)
-    cfg = TrainConfig(output_dir=str(tmp_path / "single"), steps=steps, batch_size=batch, lr=0.01, ema_decay=0.5, checkpoint_every=2, log_every=1)
-    train(single, single_data, cfg)
-
-    w0, w1 = (load_file(str(out / f"weights.rank{r}.safetensors")) for r in range(2))
-    assert all(torch.equal(w0[k], w1[k]) for k in w0)
-    for k, v in single.module.state_dict().items():
-        torch.testing.assert_close(w0[k], v, rtol=0, atol=1e-6)
-    fetched = [json.loads((out / f"fetched.rank{r}.json").read_text()) for r in range(2)]
-    for step in range(steps):  # each rank takes its half of every global batch
-        halves = [f[2 * step : 2 * step + 2] for f in fetched]
-        assert halves[0] + halves[1] == single_data.fetched[4 * step : 4 * step + 4]
+    _, settings = assert_two_ranks_match_one_process(toy_case, tmp_path)
+    out = tmp_path / "ddp"
     tensors, metadata = load_file(str(out / loop.CHECKPOINT)), safe_open(str(out / loop.CHECKPOINT), "pt").metadata()
     assert metadata["world_size"] == "2" and {"rng.0", "rng.1"} <= set(tensors) and not torch.equal(tensors["rng.0"], tensors["rng.1"])
-    assert [line["step"] for line in map(json.loads, (out / loop.LOG).read_text().splitlines())] == [1, 2, 3, 4]  # rank 0 logs alone
+    assert [line["step"] for line in log_of(out)] == [1, 2, 3, 4]  # rank 0 logs alone
 
     # A checkpoint of two ranks resumes in one process: same data order and weights from there on.
-    longer = TrainConfig(**{**cfg.to_dict(), "steps": steps + 2})
+    longer = TrainConfig(output_dir=str(tmp_path / "single"), **{**settings, "steps": settings["steps"] + 2})
     train(ToyJob(noise=0.0), ToyData(), TrainConfig(**{**longer.to_dict(), "output_dir": str(out)}), resume=True)
     assert "written by 2 processes, resumed by 1" in capsys.readouterr().err
     train(ToyJob(noise=0.0), ToyData(), longer, resume=True)

@@ -18,6 +18,7 @@ from vldm_core.unet_layout import eject, find_layout, inject
 from vldm_core.weights import load_temporal_layers
 
 from tiny_models import TINY, tiny_unet
+from train_toys import assert_two_ranks_match_one_process
 
 X4_TINY = replace(TINY, in_channels=TINY.out_channels + 3, num_classes=351)
 FRAMES, SIZE = 4, 12
@@ -176,3 +177,28 @@ def test_inputs_that_do_not_fit_an_upscaler_are_refused():
         job().loss({**batch, "low_res": batch["low_res"][..., :6, :6]}, torch.Generator())
     with pytest.raises(ValueError, match="larger than"):
         job(patch=16).loss(batch, torch.Generator())
+
+
+def ddp_case():
+    """A few steps on patches (see assert_two_ranks_match_one_process for the small lr and clip)."""
+    settings = dict(steps=3, batch_size=4, lr=1e-5, grad_clip=0.01, ema_decay=0.5, checkpoint_every=2, log_every=1)
+    return job(patch=8), MovingLowRes(videos=8), settings
+
+
+def test_two_gloo_ranks_match_each_other_and_one_process_with_the_same_global_batch(tmp_path):
+    assert_two_ranks_match_one_process(ddp_case, tmp_path)
+
+
+def test_without_temporal_layers_the_upscaler_unet_itself_learns_frame_by_frame(tmp_path):
+    """The image stage of a bundle's upscaler: every frame its own timestep and level, the UNet's own weights trained."""
+    unet = tiny_unet(X4_TINY)
+    j = UpscalerJob(unet, None, encode_text)
+    assert j.module is unet and all(p.requires_grad for p in unet.parameters())
+    inputs, target = j.unet_inputs(batch_of(MovingLowRes(), 2), torch.Generator().manual_seed(0))
+    assert inputs["frames"] == 1 and target.shape[0] == 2 * FRAMES
+    assert len(set(inputs["timesteps"].tolist())) > 2 and len(set(inputs["y"].tolist())) > 2  # per frame, not per video
+    before = [p.detach().clone() for p in unet.parameters()]
+    train(j, MovingLowRes(), TrainConfig(output_dir=str(tmp_path), steps=2, batch_size=2, lr=1e-3, checkpoint_every=2, log_every=1))
+    assert any(not torch.equal(a, b) for a, b in zip(before, unet.parameters()))
+    with pytest.raises(ValueError, match="without gradient checkpointing"):
+        j.set_gradient_checkpointing(True)

@@ -3,6 +3,7 @@
 import av
 import numpy as np
 import torch
+from torch import nn
 
 from vldm_core.temporal import TemporalLayers
 from vldm_core.unet import UNetConfig, UNetModel
@@ -31,6 +32,18 @@ def video_batch(frames=6, size=8, config=TINY, seed=2):
     t = torch.full((frames,), 400)
     context = torch.randn(1, 5, config.context_dim, generator=g).expand(frames, -1, -1)
     return x, t, context
+
+
+class ToyPerceptual(nn.Module):
+    """Stands in for LPIPS: distance between frozen features of the two frames."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.features = nn.Conv2d(3, 8, 3, stride=2)
+
+    def forward(self, x, y):
+        return (self.features(x) - self.features(y)).abs().mean(dim=(1, 2, 3))
 
 
 STEP = 5  # brightness per frame of the counter: survives the codec's rounding
@@ -63,7 +76,8 @@ def checkpointed_gradients_agree(job, batch):
     def grads(enabled):
         job.set_gradient_checkpointing(enabled)
         job.module.zero_grad()
-        job.loss(batch, torch.Generator().manual_seed(1)).backward()
+        loss = job.loss(batch, torch.Generator().manual_seed(1))
+        (loss["loss"] if isinstance(loss, dict) else loss).backward()
         return [p.grad.clone() for p in job.module.parameters()]
 
     return all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads(False), grads(True)))
@@ -71,7 +85,11 @@ def checkpointed_gradients_agree(job, batch):
 
 def write_tiny_bundle(folder, frame_size=(32, 32), key_frame_rate=2.0, upscaler=True, seed=0):
     """A complete model bundle of tiny random models (temporal layers perturbed
-    off identity, so every stage acts): what vldm_core.pipeline loads."""
+    off identity, so every stage acts): what vldm_core.pipeline loads and the
+    bundle loader nodes load into ComfyUI. Temporal-layer files sit in its
+    temporal_layers/ subfolder, the temporal decoder in temporal_decoders/ (so
+    ComfyUI lists them and not the model files); the autoencoders have 32
+    GroupNorm groups, as ComfyUI's VAE."""
     from vldm_core.autoencoder import AutoencoderConfig, AutoencoderKL
     from vldm_core.model_files import save_model
     from vldm_core.pipeline import write_bundle
@@ -84,22 +102,22 @@ def write_tiny_bundle(folder, frame_size=(32, 32), key_frame_rate=2.0, upscaler=
     text = TextEncoderConfig(dim=TINY.context_dim, layers=1, heads=2)
     torch.manual_seed(seed)
     unet = UNetModel(TINY)
-    autoencoder = AutoencoderKL(AutoencoderConfig(ch=16, ch_mult=(1, 1, 2, 2), norm_groups=8))
+    autoencoder = AutoencoderKL(AutoencoderConfig(ch=32, ch_mult=(1, 1, 2, 2)))
     save_model(TextEncoder(text), folder / "text_encoder.safetensors")
     save_model(unet, folder / "unet.safetensors", prediction_type="eps")
     save_model(autoencoder, folder / "autoencoder.safetensors", latent_scale=0.5)
 
     def layers(name, layout, modes, frames, config=TemporalConfig(), prediction_type="eps"):
-        trained = perturb(TemporalLayers(layout, config, modes=modes), seed=len(name))
+        trained = perturb(TemporalLayers(layout, config, modes=modes), seed=len(name.rsplit("/", 1)[-1]))  # the file name: same seeds as when files sat at the top level
         save_temporal_layers(trained, folder / name, train_frames=frames, modes=modes, prediction_type=prediction_type)
         return name
 
     context = TemporalConfig(context_latent_channels=TINY.in_channels, interpolation_stage=True)
     files = {
         "text_encoder": "text_encoder.safetensors", "autoencoder": "autoencoder.safetensors", "unet": "unet.safetensors",
-        "keyframe": layers("keyframe.safetensors", find_layout(unet), ("keyframe",), 4),
-        "prediction": layers("context.safetensors", find_layout(unet), ("prediction", "interpolation"), 5, context),
-        "temporal_decoder": "temporal_decoder.safetensors",
+        "keyframe": layers("temporal_layers/keyframe.safetensors", find_layout(unet), ("keyframe",), 4),
+        "prediction": layers("temporal_layers/context.safetensors", find_layout(unet), ("prediction", "interpolation"), 5, context),
+        "temporal_decoder": "temporal_decoders/temporal_decoder.safetensors",
     }
     files["interpolation"] = files["prediction"]
     decoder = perturb(fresh_temporal_decoder(autoencoder.decoder, TemporalConfig(norm_groups=8)), seed=3)
@@ -107,8 +125,8 @@ def write_tiny_bundle(folder, frame_size=(32, 32), key_frame_rate=2.0, upscaler=
     if upscaler:
         up = UNetModel(UNetConfig(in_channels=7, model_channels=16, channel_mult=(1, 2), head_dim=8, context_dim=TINY.context_dim, norm_groups=8, num_classes=351))
         save_model(up, folder / "upscaler_unet.safetensors", prediction_type="v")
-        save_model(AutoencoderKL(AutoencoderConfig(ch=16, ch_mult=(1, 1, 2), norm_groups=8)), folder / "upscaler_autoencoder.safetensors", latent_scale=0.5)
+        save_model(AutoencoderKL(AutoencoderConfig(ch=32, ch_mult=(1, 1, 2))), folder / "upscaler_autoencoder.safetensors", latent_scale=0.5)
         files.update(upscaler_unet="upscaler_unet.safetensors", upscaler_autoencoder="upscaler_autoencoder.safetensors",
-                     upscaler_layers=layers("upscaler_layers.safetensors", find_layout(up), ("upscaler",), 3, TemporalConfig(norm_groups=8), "v"))
+                     upscaler_layers=layers("temporal_layers/upscaler_layers.safetensors", find_layout(up), ("upscaler",), 3, TemporalConfig(norm_groups=8), "v"))
     write_bundle(folder, files, key_frame_rate, frame_size)
     return folder

@@ -8,11 +8,21 @@ exported file is never written over.
     [job]
     kind = "temporal_layers"          # temporal layers of a UNet; "upscaler" (an x4-upscaler-style UNet with its
                                       # VAE: trains on the clips and their 4x smaller versions); or
-                                      # "temporal_decoder" (needs only [base] autoencoder)
+                                      # "temporal_decoder" (needs only an autoencoder). The image stage, for the
+                                      # pack's own models, from scratch: "autoencoder", "image" (UNet and caption
+                                      # encoder on single frames), "image_upscaler" (an x4-upscaler-style UNet)
     modes = ["keyframe"]              # and/or "prediction", "interpolation" (need context_latent_channels)
     stages = [0, 1]                   # interpolation stages, where [layers] interpolation_stage = true
     adversarial_weight = 0.1          # temporal_decoder: weight of the 3D patch discriminator's loss
-    patch = 0                         # upscaler: train on random patches of this many latent pixels (0: whole frames)
+    patch = 0                         # upscaler, image_upscaler: random patches of this many latent pixels (0: whole frames)
+    kl_weight = 1e-6                  # autoencoder: weight of the KL term
+    perceptual_weights = ""           # temporal_decoder, autoencoder: LPIPS (VGG) weights as safetensors, for a perceptual loss
+    perceptual_weight = 1.0           #   (vldm_core.train.perceptual says how to convert the lpips package's weights)
+    caption_dropout = 0.1             # image: share of empty captions (classifier-free guidance)
+    prediction_type = "eps"           # image, image_upscaler: what the new UNet predicts ("eps" or "v")
+
+    [model.unet]                      # image, image_upscaler: vldm_core.unet.UNetConfig of the new UNet
+    model_channels = 64               # (and [model.text_encoder], [model.autoencoder] likewise)
 
     [base]                            # an SD checkpoint, loaded with ComfyUI's own loaders:
     checkpoint = "ComfyUI/models/checkpoints/v1-5-pruned-emaonly.safetensors"
@@ -28,6 +38,7 @@ exported file is never written over.
 
     [data]
     videos = "videos/"                # a folder of captioned videos (vldm_core.train.data)
+    world = 0                         # or this many scenes of the synthetic shapes world (vldm_core.world) instead
     frames = 8
     fps = 8.0
     size = [64, 64]                   # height, width
@@ -41,6 +52,7 @@ exported file is never written over.
     [export]
     path = "temporal_layers/keyframe.safetensors"
     ema = true                        # the EMA weights (needs train.ema_decay > 0)
+    text_encoder = ""                 # image: where the caption encoder goes (path takes the UNet)
 """
 
 import argparse
@@ -49,28 +61,47 @@ import os
 import tomllib
 from dataclasses import fields
 
-from ..model_files import load_model
+import torch
+
+from ..model_files import KINDS, load_model, save_model
 from ..temporal import TemporalConfig, TemporalLayers
 from ..unet_layout import find_layout
 from ..weights import save_temporal_layers
 from ..temporal_decoder import fresh_temporal_decoder
+from ..world import WorldClips
 from .data import LatentCache, LatentClips, VideoClips
 from .decoder_job import TemporalDecoderJob, export_temporal_decoder
 from .discriminator import VideoDiscriminator
 from .comfy_base import CheckpointBase, load_checkpoint, load_vae  # ComfyUI is imported only when they load a file
+from .image_jobs import AutoencoderJob, ImageDiffusionJob, export_autoencoder, export_image_model, latent_scale
 from .jobs import TemporalLayersJob, call_own_unet
 from .upscaler_job import UpscalerJob, export_upscaler_layers
+from .perceptual import load_lpips
 from .loop import TrainConfig, default_device, load_checkpoint_weights, train
 
 SECTIONS = {
-    "job": {"kind": "temporal_layers", "modes": ["keyframe"], "stages": [0, 1], "adversarial_weight": 0.1, "patch": 0},
+    "job": {
+        "kind": "temporal_layers", "modes": ["keyframe"], "stages": [0, 1], "adversarial_weight": 0.1, "patch": 0,
+        "kl_weight": 1e-6, "caption_dropout": 0.1, "prediction_type": "eps", "perceptual_weights": "", "perceptual_weight": 1.0,
+    },
     "base": {"checkpoint": "", "comfyui": "", "unet": "", "text_encoder": "", "autoencoder": "", "vae": ""},
+    "model": {"unet": {}, "text_encoder": {}, "autoencoder": {}},  # configs of models trained from scratch
     "layers": {f.name: f.default for f in fields(TemporalConfig)},
-    "data": {"videos": None, "frames": None, "fps": None, "size": None, "latent_cache": ""},
+    "data": {"videos": "", "world": 0, "frames": None, "fps": None, "size": None, "latent_cache": ""},
     "train": None,  # TrainConfig checks its own keys
-    "export": {"path": None, "ema": True},
+    "export": {"path": None, "ema": True, "text_encoder": ""},
 }
-JOBS = ("temporal_layers", "upscaler", "temporal_decoder")
+# what each job kind needs in [base]: the pack's own model files, or one of the other files
+BASES = {
+    "temporal_layers": ({"unet", "text_encoder", "autoencoder"}, ("checkpoint",)),
+    "upscaler": ({"unet", "text_encoder", "autoencoder"}, ("checkpoint",)),
+    "temporal_decoder": ({"autoencoder"}, ("checkpoint", "vae")),
+    "autoencoder": (set(), ()),
+    "image": ({"autoencoder"}, ()),
+    "image_upscaler": ({"autoencoder", "text_encoder"}, ()),
+}
+JOBS = tuple(BASES)
+SCALE_SAMPLE = 32  # clips whose frames measure a new autoencoder's latent scale
 
 
 def read_config(path):
@@ -90,7 +121,18 @@ def check_config(config):
     kind = config.get("job", {}).get("kind", "temporal_layers")
     if kind not in JOBS:
         problems.append(f"job.kind {kind!r}: choose one of {', '.join(JOBS)}")
-    problems += base_problems(kind, {key for key, value in config.get("base", {}).items() if value})
+    else:
+        problems += base_problems(kind, {key for key, value in config.get("base", {}).items() if value})
+    for name, values in config.get("model", {}).items():
+        known = [f.name for f in fields(KINDS[name][1])] if name in KINDS else []
+        problems += [f"unknown key model.{name}.{key} (known: {', '.join(known)})" for key in values if key not in known]
+    data = config.get("data", {})
+    if bool(data.get("videos")) == bool(data.get("world")):
+        problems.append("[data] takes videos (a folder of captioned videos) or world (a number of synthetic scenes, vldm_core.world), one of them")
+    elif data.get("world") and data.get("latent_cache"):
+        problems.append("data.latent_cache is for video folders: synthetic scenes render faster than latents load; remove it")
+    if kind == "image" and not config.get("export", {}).get("text_encoder"):
+        problems.append("export.text_encoder is required for image jobs (the caption encoder trains with the UNet)")
     if problems:
         raise ValueError("the training config has problems:\n  " + "\n  ".join(problems))
     TrainConfig.from_dict(config.get("train", {}))  # its own unknown and missing keys
@@ -98,10 +140,12 @@ def check_config(config):
 
 def base_problems(kind, given):
     """The [base] keys a job needs: exactly one source of its frozen models, whole."""
-    own = {"autoencoder"} if kind == "temporal_decoder" else {"unet", "text_encoder", "autoencoder"}
-    files = ("checkpoint", "vae") if kind == "temporal_decoder" else ("checkpoint",)
-    takes = f"{kind} jobs take " + " or ".join([f"base.{key}" for key in files] + [" + ".join(f"base.{key}" for key in sorted(own))])
+    own, files = BASES[kind]
+    options = [f"base.{key}" for key in files] + ([" + ".join(f"base.{key}" for key in sorted(own))] if own else [])
+    takes = f"{kind} jobs take " + (" or ".join(options) if options else "no base models (they train from scratch)")
     problems = [f"base.{key} is not used: {takes}" for key in sorted(given - own - {*files, "comfyui"})]
+    if not options:
+        return problems
     sources = [f"base.{key}" for key in files if key in given] + (["the pack's own model files"] if given & own else [])
     if len(sources) != 1:
         problems.append(f"[base] needs one source of the frozen models ({' and '.join(sources) or 'none given'}): {takes}")
@@ -128,13 +172,18 @@ def frozen_base(config, kind, device):
     unet, unet_meta = load_model(base["unet"], "unet")
     text_encoder, _ = load_model(base["text_encoder"], "text_encoder")
     autoencoder, ae_meta = load_model(base["autoencoder"], "autoencoder")
-    scale = float(ae_meta.get("latent_scale", 1.0))
     unet, text_encoder, autoencoder = unet.to(device), text_encoder.to(device).requires_grad_(False), autoencoder.to(device).requires_grad_(False)
+    return CheckpointBase(unet, text_encoder, scaled_encoder(autoencoder, ae_meta), unet_meta.get("prediction_type", "eps"), autoencoder, call_own_unet)
+
+
+def scaled_encoder(autoencoder, metadata):
+    """``encode_frames``: the posterior mean, scaled by the file's latent_scale, as the UNet sees latents."""
+    scale = float(metadata.get("latent_scale", 1.0))
 
     def encode_frames(pixels):
         return autoencoder.encode(pixels)[0] * scale
 
-    return CheckpointBase(unet, text_encoder, encode_frames, unet_meta.get("prediction_type", "eps"), autoencoder, call_own_unet)
+    return encode_frames
 
 
 def frozen_autoencoder(config, device):
@@ -154,7 +203,7 @@ def temporal_layers_job(config, device):
     layers = TemporalLayers(find_layout(base.unet), TemporalConfig(**layer_settings), modes=job["modes"]).to(device)
     trainer = TemporalLayersJob(base.unet, layers, base.encode_text, base.prediction_type, job["modes"], tuple(job["stages"]), base.encode_frames, base.call_unet)
 
-    def export(path, weights):
+    def export(path, weights, data):
         trained = TemporalLayers(layers.layout, layers.config, modes=trainer.modes)
         trained.load_state_dict(weights)
         save_temporal_layers(trained, path, train_frames=config["data"]["frames"], modes=trainer.modes, prediction_type=base.prediction_type)
@@ -170,7 +219,7 @@ def upscaler_job(config, device):
     patch = section(config, "job")["patch"] or None
     trainer = UpscalerJob(base.unet, layers, base.encode_text, base.prediction_type, patch=patch, encode_frames=base.encode_frames, call_unet=base.call_unet)
 
-    def export(path, weights):
+    def export(path, weights, data):
         export_upscaler_layers(trainer, path, train_frames=config["data"]["frames"], weights=weights)
 
     return trainer, None, export
@@ -180,18 +229,83 @@ def temporal_decoder_job(config, device):
     """The frozen autoencoder, fresh temporal blocks for its decoder and a 3D patch discriminator."""
     autoencoder = frozen_autoencoder(config, device)
     temporal = fresh_temporal_decoder(autoencoder.decoder, TemporalConfig(**section(config, "layers"))).to(device)
-    trainer = TemporalDecoderJob(autoencoder, temporal, VideoDiscriminator().to(device), adversarial_weight=section(config, "job")["adversarial_weight"])
+    job = section(config, "job")
+    trainer = TemporalDecoderJob(autoencoder, temporal, VideoDiscriminator().to(device), adversarial_weight=job["adversarial_weight"], **perceptual(job, device))
 
-    def export(path, weights):
+    def export(path, weights, data):
         export_temporal_decoder(trainer, path, train_frames=config["data"]["frames"], weights=weights)
 
     return trainer, None, export
 
 
+def perceptual(job, device):
+    """The perceptual-loss arguments of a reconstruction job: LPIPS where job.perceptual_weights names its file."""
+    if not job["perceptual_weights"]:
+        return {}
+    return {"perceptual": load_lpips(job["perceptual_weights"]).to(device), "perceptual_weight": job["perceptual_weight"]}
+
+
+def fresh_model(config, name):
+    """A model trained from scratch, built from its [model.NAME] config (seeded by train.seed)."""
+    cls, config_cls = KINDS[name]
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in config.get("model", {}).get(name, {}).items()}
+    torch.manual_seed(config["train"].get("seed", 0))
+    return cls(config_cls(**values))
+
+
+def autoencoder_job(config, device):
+    """The image autoencoder from scratch; its export carries the latent scale measured on the training clips."""
+    job = section(config, "job")
+    trainer = AutoencoderJob(fresh_model(config, "autoencoder").to(device), kl_weight=job["kl_weight"], **perceptual(job, device))
+
+    def export(path, weights, data):
+        trained = fresh_model(config, "autoencoder").to(device)
+        trained.load_state_dict(weights)
+        sample = torch.cat([data[i]["pixels"] for i in range(min(len(data), SCALE_SAMPLE))])
+        export_autoencoder(trained, path, latent_scale(trained, sample.to(device)))
+
+    return trainer, None, export
+
+
+def image_job(config, device):
+    """The image LDM (UNet and caption encoder) from scratch on single frames, the autoencoder frozen."""
+    job = section(config, "job")
+    autoencoder, metadata = load_model(section(config, "base")["autoencoder"], "autoencoder")
+    encode_frames = scaled_encoder(autoencoder.to(device).requires_grad_(False), metadata)
+    unet, text_encoder = fresh_model(config, "unet").to(device), fresh_model(config, "text_encoder").to(device)
+    trainer = ImageDiffusionJob(unet, text_encoder, job["prediction_type"], job["caption_dropout"], encode_frames)
+
+    def export(path, weights, data):
+        export_image_model(trainer, path, config["export"]["text_encoder"], weights=weights)
+
+    return trainer, encode_frames, export
+
+
+def image_upscaler_job(config, device):
+    """An x4-upscaler-style UNet from scratch on single frames and their 4x smaller selves."""
+    base = section(config, "base")
+    autoencoder, metadata = load_model(base["autoencoder"], "autoencoder")
+    text_encoder, _ = load_model(base["text_encoder"], "text_encoder")
+    encode_frames = scaled_encoder(autoencoder.to(device).requires_grad_(False), metadata)
+    job = section(config, "job")
+    unet = fresh_model(config, "unet").to(device)
+    trainer = UpscalerJob(unet, None, text_encoder.to(device).requires_grad_(False), job["prediction_type"], patch=job["patch"] or None, encode_frames=encode_frames)
+
+    def export(path, weights, data):
+        trained = fresh_model(config, "unet")
+        trained.load_state_dict(weights)
+        save_model(trained, path, prediction_type=job["prediction_type"])
+
+    return trainer, None, export
+
+
 def dataset(config, encode_frames):
-    """The videos as clips; through a latent cache where one is set and the job trains on latents."""
+    """The videos as clips, or synthetic scenes; through a latent cache where one is set and the job trains on latents."""
     data = section(config, "data")
-    clips = VideoClips(data["videos"], data["frames"], data["fps"], tuple(data["size"]), seed=config.get("train", {}).get("seed", 0))
+    seed = config.get("train", {}).get("seed", 0)
+    if data["world"]:
+        return WorldClips(data["world"], data["frames"], data["fps"], tuple(data["size"]), seed=seed)
+    clips = VideoClips(data["videos"], data["frames"], data["fps"], tuple(data["size"]), seed=seed)
     print(clips.summary())
     if not data["latent_cache"] or encode_frames is None:
         return clips
@@ -206,16 +320,20 @@ def run(config, resume=False):
     """Check, build, train, export; returns the exported file's path."""
     check_config(config)
     target = config["export"]["path"]
-    if os.path.exists(target):
-        raise FileExistsError(f"export.path {target} exists: choose another name (trained files are never written over)")
+    for key in ("path", "text_encoder"):
+        if config["export"].get(key) and os.path.exists(config["export"][key]):
+            raise FileExistsError(f"export.{key} {config['export'][key]} exists: choose another name (trained files are never written over)")
     device = default_device()
-    build = {"temporal_layers": temporal_layers_job, "upscaler": upscaler_job, "temporal_decoder": temporal_decoder_job}[section(config, "job")["kind"]]
+    build = {
+        "temporal_layers": temporal_layers_job, "upscaler": upscaler_job, "temporal_decoder": temporal_decoder_job,
+        "autoencoder": autoencoder_job, "image": image_job, "image_upscaler": image_upscaler_job,
+    }[section(config, "job")["kind"]]
     job, encode_frames, export = build(config, device)
     data = dataset(config, encode_frames)
     result = train(job, data, TrainConfig.from_dict(config["train"]), resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 alone writes, as it alone checkpoints
         use_ema = section(config, "export")["ema"] and config["train"].get("ema_decay", 0) > 0
-        export(target, load_checkpoint_weights(result.checkpoint, ema=use_ema))
+        export(target, load_checkpoint_weights(result.checkpoint, ema=use_ema), data)
     return target
 
 

@@ -7,7 +7,8 @@ Decoder side and discriminator train in the loop's one AdamW step: the job's
 trainable module holds both, and discriminator.py's two losses each move only
 their own side (the discriminator's loss sees the decoded video detached, the
 adversarial loss sees the discriminator's weights detached), so summing every
-term into one loss updates each side by its own objective alone.
+term into one loss updates each side by its own objective alone. Each side's
+gradient is clipped on its own (``parameter_groups``), and each term is logged.
 """
 
 import torch
@@ -104,7 +105,14 @@ class TemporalDecoderJob:
         return terms
 
     def loss(self, batch, generator):
-        return sum(self.loss_weights[name] * term for name, term in self.losses(batch, generator).items())
+        """The weighted sum to minimise under "loss", beside each unweighted term, which the loop logs."""
+        terms = self.losses(batch, generator)
+        total = sum(self.loss_weights[name] * term for name, term in terms.items())
+        return {"loss": total, **{name: term.detach() for name, term in terms.items()}}
+
+    def parameter_groups(self):
+        """Clipped apart: the discriminator's gradients, often far larger, must never shrink the temporal blocks' steps."""
+        return {"temporal": list(self.temporal.parameters()), "discriminator": list(self.discriminator.parameters())}
 
 
 def export_temporal_decoder(job, path, train_frames, weights=None, overwrite=False):

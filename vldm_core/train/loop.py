@@ -11,7 +11,8 @@ files in ``output_dir``:
   rank 0 every ``checkpoint_every`` steps and at the end. It is read with
   safetensors only, never unpickled, so a checkpoint from elsewhere is safe to open.
 - ``log.jsonl``: one JSON object per ``log_every`` steps (step, loss, lr,
-  grad_norm, clips_per_s, seconds, peak_memory_gib) for plotting.
+  grad_norm, grad_norms, terms, clips_per_s, seconds, peak_memory_gib) for
+  plotting; losses and norms are means over the window's steps and the ranks.
 
 Resume is exact: the data position, the optimizer state, the EMA and the loss's
 random generators are restored, so an interrupted run ends where an
@@ -54,7 +55,11 @@ class TrainJob(Protocol):
 
     ``loss(batch, generator)``: a scalar, the mean over the batch's samples of
     the per-sample loss, so that averaging the ranks' gradients (DDP) equals
-    one process's gradient over the global batch. ``batch`` is the default
+    one process's gradient over the global batch; or a dict of scalars: the
+    one to minimise under ``"loss"``, beside named terms to log (a GAN's
+    reconstruction, adversarial and discriminator losses, say), which the loop
+    detaches and logs under ``"terms"`` (the same names every step). Only
+    ``"loss"`` is backpropagated. ``batch`` is the default
     collate of the dataset's dicts (tensors on the module's device, strings as
     lists). Every random draw comes from ``generator``, a CPU
     ``torch.Generator`` (draw on the CPU, then move: the same stream on any
@@ -76,11 +81,16 @@ class TrainJob(Protocol):
     settings is refused, naming them.
     ``find_unused_parameters``: True where some trainable parameters sit out
     some steps (DDP then looks for them each step, at some cost).
+    ``parameter_groups()``: name -> list of ``module``'s parameters, every one
+    in exactly one group. ``grad_clip`` then bounds each group's gradient norm
+    on its own, so that one part's large gradients (a discriminator's) never
+    shrink another's steps, and the log has each group's norm under
+    ``"grad_norms"``. Without it the module is one group, ``"all"``.
     """
 
     module: nn.Module
 
-    def loss(self, batch, generator: torch.Generator) -> torch.Tensor: ...
+    def loss(self, batch, generator: torch.Generator) -> torch.Tensor | dict[str, torch.Tensor]: ...
 
 
 @dataclass(frozen=True)
@@ -95,7 +105,7 @@ class TrainConfig:
     betas: tuple = (0.9, 0.999)
     weight_decay: float = 0.01
     warmup_steps: int = 0  # linear ramp of the learning rate, then constant
-    grad_clip: float = 1.0  # max global gradient norm; 0 = off
+    grad_clip: float = 1.0  # max gradient norm of each of the job's parameter_groups (else of all); 0 = off
     precision: str = "fp32"  # "bf16": autocast the loss to bfloat16, weights and optimizer stay fp32
     gradient_checkpointing: bool = False
     ema_decay: float = 0.0  # 0 = no EMA
@@ -163,10 +173,10 @@ def train(job: TrainJob, data, config: TrainConfig, resume=False) -> TrainResult
     Under torchrun (``WORLD_SIZE`` > 1) every process calls this alike; rank 0
     writes, every rank reads the checkpoint on resume, so ``output_dir`` must be
     on a filesystem all machines share."""
-    device = _check_job(job, config)
+    device, clip_groups = _check_job(job, config)
     created = _init_distributed(device)
     try:
-        result = _train(job, data, config, resume, device)
+        result = _train(job, data, config, resume, device, clip_groups)
         if dist.is_initialized():
             dist.barrier()
         return result
@@ -191,7 +201,7 @@ def _world():
     return (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
 
 
-def _train(job, data, config, resume, device):
+def _train(job, data, config, resume, device, clip_groups):
     world, rank = _world()
     _check_data(data, config, world)
     autocast = _autocast(config.precision, device)
@@ -212,11 +222,12 @@ def _train(job, data, config, resume, device):
     if rank == 0:
         os.makedirs(config.output_dir, exist_ok=True)
         _trim_log(os.path.join(config.output_dir, LOG), position["step"])
-    return _run(model, job.module, optimizer, ema, generator, data, config, position, autocast, record, device)
+    return _run(model, job.module, clip_groups, optimizer, ema, generator, data, config, position, autocast, record, device)
 
 
 def _check_job(job, config):
-    """The job's side of the protocol, checked before compute; returns the training device."""
+    """The job's side of the protocol, checked before compute; returns the
+    training device and the gradient clipping groups."""
     if not isinstance(getattr(job, "module", None), nn.Module) or not callable(getattr(job, "loss", None)):
         raise TypeError(f"{type(job).__name__} is not a training job: it needs a `module` (nn.Module of the trainable weights) and `loss(batch, generator)`")
     params = dict(job.module.named_parameters())
@@ -233,7 +244,37 @@ def _check_job(job, config):
     device = devices.pop()
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and device.type == "cuda" and device != default_device():
         raise ValueError(f"this process (LOCAL_RANK {os.environ.get('LOCAL_RANK')}) must train on {default_device()}, the job is on {device}: build it on vldm_core.train.loop.default_device()")
-    return device
+    return device, _clip_groups(job)
+
+
+def _clip_groups(job):
+    """The job's ``parameter_groups()``, checked to split its module's parameters
+    exactly (a parameter left out would go unclipped, one listed twice would
+    count twice); one group "all" for a job without them."""
+    if not hasattr(job, "parameter_groups"):
+        return {"all": list(job.module.parameters())}
+    where = f"{type(job).__name__}.parameter_groups()"
+    groups = job.parameter_groups()
+    if not isinstance(groups, dict) or not groups or not all(isinstance(name, str) for name in groups):
+        raise ValueError(f"{where} must return a non-empty dict: group name (str) -> list of {type(job).__name__}.module's parameters")
+    names = {id(p): name for name, p in job.module.named_parameters()}
+    groups = {group: list(params) for group, params in groups.items()}
+    owners = {name: [] for name in names.values()}
+    for group, params in groups.items():
+        if not params:
+            raise ValueError(f"{where}: group {group!r} is empty")
+        foreign = sum(id(p) not in names for p in params)
+        if foreign:
+            raise ValueError(f"{where}: group {group!r} holds {foreign} parameters that are not in {type(job).__name__}.module")
+        for p in params:
+            owners[names[id(p)]].append(group)
+    twice = {name: listed for name, listed in owners.items() if len(listed) > 1}
+    if twice:
+        raise ValueError(f"{where}: parameters listed more than once: {dict(list(twice.items())[:5])}; each must be in exactly one group")
+    missing = [name for name, listed in owners.items() if not listed]
+    if missing:
+        raise ValueError(f"{where}: {len(missing)} parameters of {type(job).__name__}.module are in no group: {missing[:5]}")
+    return groups
 
 
 def _check_data(data, config, world):
@@ -495,38 +536,55 @@ def _learning_rate(config, step):
     return config.lr * min(1.0, (step + 1) / config.warmup_steps)
 
 
-def _step(model, params, optimizer, ema, batch, generator, config, lr, autocast):
-    """One optimizer step; returns the loss (on its device, not synced) and the gradient norm."""
+def _loss_and_terms(output):
+    """The scalar to backpropagate and the detached terms to log, from either form ``job.loss`` may return."""
+    if not isinstance(output, dict):
+        output = {"loss": output}
+    if "loss" not in output:
+        raise TypeError(f"job.loss returned a dict without a 'loss' entry (it has {sorted(output)}): put the scalar to minimise under 'loss'")
+    bad = {name: f"{type(v).__name__} {tuple(getattr(v, 'shape', ()))}" for name, v in output.items() if not (isinstance(v, torch.Tensor) and v.dim() == 0)}
+    if bad:
+        raise TypeError(f"job.loss must return a scalar tensor, or a dict of scalar tensors with a 'loss' entry; got {bad}")
+    return output["loss"], {name: v.detach().float() for name, v in output.items() if name != "loss"}
+
+
+def _clip(clip_groups, max_norm, device):
+    """Clip each group's gradient to ``max_norm`` (0: no clipping) on its own;
+    returns each group's norm before clipping (0, on the CPU, for a group without gradients this step)."""
+    return torch.stack([torch.nn.utils.clip_grad_norm_(params, max_norm or float("inf")).to(device) for params in clip_groups.values()])
+
+
+def _step(model, params, clip_groups, optimizer, ema, batch, generator, config, lr, autocast):
+    """One optimizer step; returns the loss, each clipping group's gradient norm
+    and the job's terms, all on the device, not synced."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     with autocast():
-        loss = model(batch, generator)
-    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-        raise TypeError(f"job.loss must return a scalar tensor, got {type(loss).__name__} {tuple(getattr(loss, 'shape', ()))}")
+        loss, terms = _loss_and_terms(model(batch, generator))
     loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip or float("inf"))
+    norms = _clip(clip_groups, config.grad_clip, loss.device)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     if ema:
         with torch.no_grad():
             torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - config.ema_decay)
-    return loss.detach().float(), grad_norm
+    return loss.detach().float(), norms, terms
 
 
-def _run(model, module, optimizer, ema, generator, data, config, position, autocast, record, device):
+def _run(model, module, clip_groups, optimizer, ema, generator, data, config, position, autocast, record, device):
     world, rank = _world()
     params = list(module.parameters())
     checkpoint = os.path.join(config.output_dir, CHECKPOINT)
-    log = _Progress(os.path.join(config.output_dir, LOG), config, position, enabled=rank == 0)
+    log = _Progress(os.path.join(config.output_dir, LOG), config, position, list(clip_groups), enabled=rank == 0)
     batches = _batches(data, config, position["epoch"], position["index"], device)
     model.train()
     while position["step"] < config.steps:
         batch, (position["epoch"], position["index"]) = next(batches)
         lr = _learning_rate(config, position["step"])
-        loss, grad_norm = _step(model, params, optimizer, ema, batch, generator, config, lr, autocast)
+        loss, norms, terms = _step(model, params, clip_groups, optimizer, ema, batch, generator, config, lr, autocast)
         position["step"] += 1
         step = position["step"]
-        log.add(step, loss, grad_norm)
+        log.add(step, loss, norms, terms)
         if step % config.log_every == 0 or step == config.steps:
             log.write(step, lr, device)
         if step % config.checkpoint_every == 0 or step == config.steps:
@@ -540,57 +598,73 @@ def _run(model, module, optimizer, ema, generator, data, config, position, autoc
 
 class _Progress:
     """Rank 0's records: log.jsonl lines and a progress bar on stderr (redrawn in
-    place on a terminal, one line per log step in files and CI). Losses and
-    gradient norms stay on the device between log steps, so logging costs no
-    sync per step; every step is checked for a finite loss and gradient before
-    the next log line or checkpoint, so no checkpoint holds a diverged run."""
+    place on a terminal, one line per log step in files and CI). Losses, terms
+    and gradient norms stay on the device between log steps, summed in one
+    tensor (loss, global norm, each group's norm, each term), so logging costs
+    no sync per step; every step is checked for finite values before the next
+    log line or checkpoint, so no checkpoint holds a diverged run."""
 
-    def __init__(self, path, config, position, enabled):
+    def __init__(self, path, config, position, group_names, enabled):
         self.path, self.config, self.enabled, self.stream = path, config, enabled, sys.stderr
         self.first_step = position["step"]
         self.previous_seconds = position["seconds"]
         self.start = self.window_start = time.perf_counter()
         self.window_steps, self.sums, self.last = 0, None, {}
+        self.group_names, self.term_names = group_names, None  # the terms: those of the session's first step
         self.checked = position["step"]  # the last step known finite
         self.interactive = enabled and self.stream.isatty()
 
     def seconds(self):
         return self.previous_seconds + time.perf_counter() - self.start
 
-    def add(self, step, loss, grad_norm):
-        values = torch.stack([loss, grad_norm.float()])
+    def add(self, step, loss, norms, terms):
+        """Sum this step's values into the window's, on the device."""
+        if self.term_names is None:
+            self.term_names = list(terms)
+        if list(terms) != self.term_names:
+            raise ValueError(f"job.loss returned the terms {list(terms)} at step {step}, {self.term_names} before: return the same terms every step")
+        norms = norms.float()
+        values = torch.stack([loss, torch.linalg.vector_norm(norms), *norms, *terms.values()])
         self.sums = values if self.sums is None else self.sums + values
         self.window_steps += 1
         if self.interactive:
             self._draw(step)
 
+    def _mean_over_ranks(self):
+        """The window's sums averaged over the ranks (a collective: every rank calls it)."""
+        totals = self.sums
+        world, _ = _world()
+        if world > 1 and totals is not None:
+            totals = totals.clone()
+            dist.all_reduce(totals)
+            totals /= world
+        return totals
+
     def check_finite(self, step, totals=None):
-        """Refuse to go on from a NaN or infinite loss or gradient in this window
-        (the gradient norm is global, so every rank stops alike)."""
-        totals = self.sums if totals is None else totals
+        """Refuse to go on from a NaN or infinite loss, term or gradient norm in
+        this window; on every rank's values (a collective), so all stop alike."""
+        totals = self._mean_over_ranks() if totals is None else totals
         if totals is not None and not torch.isfinite(totals).all():
             raise FloatingPointError(
-                f"the loss or gradient became NaN or infinite between steps {self.checked + 1} and {step}: "
+                f"the loss, a logged term or a gradient became NaN or infinite between steps {self.checked + 1} and {step}: "
                 "lower lr (or raise warmup_steps) or check the data, and resume from the last checkpoint, which predates it"
             )
         self.checked = step
 
     def write(self, step, lr, device):
-        """Average the window's loss and gradient norm over steps and ranks (a collective: every rank calls it)."""
-        totals = self.sums
-        world, _ = _world()
-        if world > 1:
-            totals = totals.clone()
-            dist.all_reduce(totals)
-            totals /= world
+        """Average the window's loss, norms and terms over steps and ranks (a collective: every rank calls it)."""
+        totals = self._mean_over_ranks()
         self.check_finite(step, totals)
-        loss, grad_norm = (totals / self.window_steps).tolist()
+        loss, grad_norm, *rest = (totals / self.window_steps).tolist()
+        groups = len(self.group_names)
         now = time.perf_counter()
         record = {
             "step": step,
             "loss": loss,
             "lr": lr,
             "grad_norm": grad_norm,
+            "grad_norms": dict(zip(self.group_names, rest[:groups])),
+            "terms": dict(zip(self.term_names, rest[groups:])),
             "clips_per_s": self.window_steps * self.config.batch_size / (now - self.window_start),
             "seconds": self.seconds(),
             "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,

@@ -21,7 +21,7 @@ from einops import rearrange, repeat
 
 from ..sampling import alphas_cumprod
 from ..temporal import TemporalLayers
-from ..unet_layout import inject
+from ..unet_layout import find_layout, inject
 from ..weights import save_temporal_layers
 from .jobs import call_own_unet, video_latents
 from .objectives import draw_timesteps, noised
@@ -69,6 +69,15 @@ def random_patches(videos, patch, generator):
     ]
 
 
+def single_frames(batch):
+    """A batch of videos as a batch of one-frame videos, each frame with its video's caption."""
+    frames = next(v.shape[1] for v in batch.values() if isinstance(v, torch.Tensor))
+    return {
+        name: rearrange(value, "b t ... -> (b t) 1 ...") if isinstance(value, torch.Tensor) else [c for c in value for _ in range(frames)]
+        for name, value in batch.items()
+    }
+
+
 class UpscalerJob:
     """Temporal layers on a frozen x4-upscaler-style UNet: ``in_channels`` = latent
     channels + 3 (the low-res frames), and a class label ``y`` (the augmentation
@@ -83,53 +92,69 @@ class UpscalerJob:
     Or batches hold high-res ``pixels`` ``(b, t, 3, H, W)``, which
     ``encode_frames`` (the upscaler's VAE, scaled) encodes and area-downsampling
     turns into the low-res frames, both on the training device.
+    With ``layers`` None the UNet itself trains (the image stage, each frame on
+    its own), for a bundle that has no x4 upscaler to start from.
     ``patch``: None for whole frames, else the side (or (height, width)) of the
     random patch, in latent pixels, that each video trains on; the real x4
     upscaler needs multiples of 8."""
 
     def __init__(self, unet, layers, encode_text, prediction_type="v", noise_levels=MAX_NOISE_LEVEL, patch=None, encode_frames=None, call_unet=None):
-        if layers.config.context_latent_channels:
+        in_channels = find_layout(unet).in_channels
+        if layers is not None and layers.config.context_latent_channels:
             raise ValueError("upscaler temporal layers take no context frames: build them with context_latent_channels 0")
-        if layers.layout.in_channels <= LOW_RES_CHANNELS:
-            raise ValueError(f"this UNet takes {layers.layout.in_channels} input channels: an upscaler UNet takes the latent's channels and the 3 of the low-res frames")
+        if in_channels <= LOW_RES_CHANNELS:
+            raise ValueError(f"this UNet takes {in_channels} input channels: an upscaler UNet takes the latent's channels and the 3 of the low-res frames")
         labels = getattr(unet, "label_emb", None)
         if labels is None or labels.num_embeddings <= noise_levels:
             have = "no class label" if labels is None else f"{labels.num_embeddings} class labels"
             raise ValueError(f"this UNet has {have}; an upscaler UNet is told the augmentation level (0 to {noise_levels}) as its class label y")
-        self.unet = unet.requires_grad_(False).eval()
-        inject(self.unet, layers.by_site())
+        self.in_channels, self.layers = in_channels, layers
+        if layers is None:  # the image stage: the upscaler UNet itself learns, frame by frame
+            self.unet = self.module = unet.requires_grad_(True).train()
+        else:
+            self.unet = unet.requires_grad_(False).eval()
+            inject(self.unet, layers.by_site())
+            self.module = layers.requires_grad_(True).train()
         self.call_unet = call_unet or call_own_unet
-        self.module = layers.requires_grad_(True).train()
         self.encode_text, self.encode_frames, self.prediction_type, self.noise_levels = encode_text, encode_frames, prediction_type, noise_levels
         self.patch = None if patch is None else tuple(patch) if isinstance(patch, (tuple, list)) else (patch, patch)
         self.alpha_bar = alphas_cumprod(**X4_SCHEDULE)
 
     def config_dict(self):
+        trained = {"unet": self.unet.config.to_dict()} if self.layers is None else {
+            "layout": self.layers.layout.to_json(), "temporal_config": self.layers.config.to_dict(),
+        }
         return {
             "modes": list(MODES),
             "prediction_type": self.prediction_type,
             "noise_levels": self.noise_levels,
             "patch": list(self.patch or []),
             "schedule": X4_SCHEDULE,
-            "layout": self.module.layout.to_json(),
-            "temporal_config": self.module.config.to_dict(),
+            **trained,
         }
 
     def set_gradient_checkpointing(self, enabled):
-        self.module.set_gradient_checkpointing(enabled)
+        if self.layers is None:
+            if enabled:
+                raise ValueError("the upscaler UNet itself trains without gradient checkpointing: set gradient_checkpointing to false")
+            return
+        self.layers.set_gradient_checkpointing(enabled)
 
     def unet_inputs(self, batch, generator):
         """The frozen UNet's keyword arguments for one batch, frames as ``(b t) ...``,
         and its target: noised latents with the augmented low-res frames
         concatenated on the channel axis (the x4 upscaler's order: latents first),
-        one timestep and one augmentation level ``y`` per video."""
+        one timestep and one augmentation level ``y`` per video (per frame, where
+        the UNet itself trains: then every frame is a one-frame video)."""
         device = next(self.module.parameters()).device
+        if self.layers is None:
+            batch = single_frames(batch)
         latents = video_latents(batch, self.encode_frames, device)
         low_res = batch["low_res"].to(device) if "low_res" in batch else downsampled(batch["pixels"].to(device), latents.shape[-2:])
         if low_res.shape[:2] != latents.shape[:2] or low_res.shape[2:] != (LOW_RES_CHANNELS, *latents.shape[-2:]):
             raise ValueError(f"low_res {tuple(low_res.shape)} must be (b, t, 3, h, w) beside latents {tuple(latents.shape)}: the low-res frames at the latents' size")
-        if latents.shape[2] + LOW_RES_CHANNELS != self.module.layout.in_channels:
-            raise ValueError(f"latents of {latents.shape[2]} channels + 3 low-res channels do not make this UNet's {self.module.layout.in_channels} input channels")
+        if latents.shape[2] + LOW_RES_CHANNELS != self.in_channels:
+            raise ValueError(f"latents of {latents.shape[2]} channels + 3 low-res channels do not make this UNet's {self.in_channels} input channels")
         if self.patch is not None:
             latents, low_res = random_patches((latents, low_res), self.patch, generator)
         videos, frames = latents.shape[:2]
