@@ -2,6 +2,7 @@
 
 from comfy_api.latest import ComfyExtension, io
 
+from .bundle_loader import BundleLoader, BundleUpscalerLoader, register_bundle_folders
 from .comfy_bridge import register_model_folders
 from .interpolator import Interpolator4x
 from .keyframe_sampler import KeyframeSampler
@@ -13,9 +14,10 @@ from .video_upscaler import VideoUpscaler
 
 class VideoLDMExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [TemporalUNetPatcher, KeyframeSampler, MaskedPredictor, Interpolator4x, TemporalVAEDecode, VideoUpscaler]
+        return [BundleLoader, BundleUpscalerLoader, TemporalUNetPatcher, KeyframeSampler, MaskedPredictor, Interpolator4x, TemporalVAEDecode, VideoUpscaler]
 
 
 async def comfy_entrypoint() -> VideoLDMExtension:
     register_model_folders()
+    register_bundle_folders()
     return VideoLDMExtension()

@@ -88,8 +88,9 @@ def write_tiny_bundle(folder, frame_size=(32, 32), key_frame_rate=2.0, upscaler=
     off identity, so every stage acts): what vldm_core.pipeline loads and the
     bundle loader nodes load into ComfyUI. Temporal-layer files sit in its
     temporal_layers/ subfolder, the temporal decoder in temporal_decoders/ (so
-    ComfyUI lists them and not the model files); the autoencoders have 32
-    GroupNorm groups, as ComfyUI's VAE."""
+    ComfyUI lists them and not the model files), named after the bundle folder
+    (ComfyUI lists them by file name, next to other bundles' files); the
+    autoencoders have 32 GroupNorm groups, as ComfyUI's VAE."""
     from vldm_core.autoencoder import AutoencoderConfig, AutoencoderKL
     from vldm_core.model_files import save_model
     from vldm_core.pipeline import write_bundle
@@ -108,16 +109,17 @@ def write_tiny_bundle(folder, frame_size=(32, 32), key_frame_rate=2.0, upscaler=
     save_model(autoencoder, folder / "autoencoder.safetensors", latent_scale=0.5)
 
     def layers(name, layout, modes, frames, config=TemporalConfig(), prediction_type="eps"):
-        trained = perturb(TemporalLayers(layout, config, modes=modes), seed=len(name.rsplit("/", 1)[-1]))  # the file name: same seeds as when files sat at the top level
-        save_temporal_layers(trained, folder / name, train_frames=frames, modes=modes, prediction_type=prediction_type)
-        return name
+        trained = perturb(TemporalLayers(layout, config, modes=modes), seed=len(name))
+        path = f"temporal_layers/{folder.name}-{name}"
+        save_temporal_layers(trained, folder / path, train_frames=frames, modes=modes, prediction_type=prediction_type)
+        return path
 
     context = TemporalConfig(context_latent_channels=TINY.in_channels, interpolation_stage=True)
     files = {
         "text_encoder": "text_encoder.safetensors", "autoencoder": "autoencoder.safetensors", "unet": "unet.safetensors",
-        "keyframe": layers("temporal_layers/keyframe.safetensors", find_layout(unet), ("keyframe",), 4),
-        "prediction": layers("temporal_layers/context.safetensors", find_layout(unet), ("prediction", "interpolation"), 5, context),
-        "temporal_decoder": "temporal_decoders/temporal_decoder.safetensors",
+        "keyframe": layers("keyframe.safetensors", find_layout(unet), ("keyframe",), 4),
+        "prediction": layers("context.safetensors", find_layout(unet), ("prediction", "interpolation"), 5, context),
+        "temporal_decoder": f"temporal_decoders/{folder.name}-temporal_decoder.safetensors",
     }
     files["interpolation"] = files["prediction"]
     decoder = perturb(fresh_temporal_decoder(autoencoder.decoder, TemporalConfig(norm_groups=8)), seed=3)
@@ -127,6 +129,6 @@ def write_tiny_bundle(folder, frame_size=(32, 32), key_frame_rate=2.0, upscaler=
         save_model(up, folder / "upscaler_unet.safetensors", prediction_type="v")
         save_model(AutoencoderKL(AutoencoderConfig(ch=32, ch_mult=(1, 1, 2))), folder / "upscaler_autoencoder.safetensors", latent_scale=0.5)
         files.update(upscaler_unet="upscaler_unet.safetensors", upscaler_autoencoder="upscaler_autoencoder.safetensors",
-                     upscaler_layers=layers("temporal_layers/upscaler_layers.safetensors", find_layout(up), ("upscaler",), 3, TemporalConfig(norm_groups=8), "v"))
+                     upscaler_layers=layers("upscaler_layers.safetensors", find_layout(up), ("upscaler",), 3, TemporalConfig(norm_groups=8), "v"))
     write_bundle(folder, files, key_frame_rate, frame_size)
     return folder
