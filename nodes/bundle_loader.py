@@ -24,7 +24,6 @@ ComfyUI's ``temporal_layers`` / ``temporal_decoders`` lists, so Temporal UNet
 Patcher and Temporal VAE Decode offer them.
 """
 
-import json
 import logging
 import os
 import re
@@ -44,8 +43,8 @@ from comfy.sd1_clip import escape_important, token_weights, unescape_important
 from comfy_api.latest import io
 
 from ..vldm_core.model_files import load_model
-from ..vldm_core.pipeline import BUNDLE, FORMAT
-from ..vldm_core.text_encoder import TextEncoder
+from ..vldm_core.pipeline import BUNDLE, read_bundle
+from ..vldm_core.text_encoder import WORD, TextEncoder
 from ..vldm_core.train.upscaler_job import MAX_NOISE_LEVEL
 from ..vldm_core.weights import WeightFileError
 from .comfy_bridge import DECODER_FOLDER, FOLDER
@@ -103,7 +102,7 @@ def bundle_names(upscaler=False):
     names = []
     for name, folder in sorted(bundle_folders().items()):
         try:
-            files = read_bundle(folder, name)
+            files = read_bundle(folder, name)[1]
         except (OSError, ValueError):
             names.append(name)
             continue
@@ -179,32 +178,6 @@ def find_bundle(name):
         f"no Video LDM bundle {name!r} in {', '.join(folder_paths.get_folder_paths(BUNDLE_FOLDER))}: "
         f"put the bundle folder (with its {BUNDLE}) in ComfyUI's models/{BUNDLE_FOLDER} and refresh"
     )
-
-
-def read_bundle(folder, name):
-    """{part: absolute path} from a bundle folder's bundle.json, checked to be a bundle."""
-    path = os.path.join(folder, BUNDLE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"the folder {name!r} ({folder}) has no {BUNDLE}: a Video LDM bundle is a folder holding its {BUNDLE} and the model files it names; "
-            "copy the whole bundle folder again (an SD checkpoint goes in models/checkpoints and loads with Load Checkpoint)"
-        )
-    try:
-        with open(path, encoding="utf-8") as f:
-            bundle = json.load(f)
-    except ValueError as e:
-        raise WeightFileError(f"{name}/{BUNDLE} is not valid JSON ({e}): copy the bundle folder again") from e
-    if not isinstance(bundle, dict) or bundle.get("format") != FORMAT or not isinstance(bundle.get("files"), dict):
-        found = bundle.get("format") if isinstance(bundle, dict) else None
-        raise WeightFileError(f"{name}/{BUNDLE} is not a Video LDM model bundle (format {found!r}, expected {FORMAT!r} with a 'files' table): copy the bundle folder again")
-    root = os.path.normpath(folder)
-    files = {}
-    for part, file in bundle["files"].items():
-        full = os.path.normpath(os.path.join(root, str(file)))
-        if not full.startswith(root + os.sep):
-            raise WeightFileError(f"{name}/{BUNDLE} names {part} file {file!r} outside the bundle folder: a bundle keeps all its files inside its folder")
-        files[part] = full
-    return files
 
 
 def bundle_file(files, part, name, folder):
@@ -343,7 +316,6 @@ def comfy_model(unet, metadata, latent_scale, config_class, name, part):
 
 TOKENS = "vldm"  # the tokenizer's key in a token dict, as "l" is SD1.x CLIP's
 MAX_TOKENS = "vldm_max_tokens"  # tokenizer_data key
-WORD = re.compile(r"[a-z0-9]+")  # the words vldm_core.text_encoder.word_ids hashes, of the lower-cased caption
 
 
 class BundleTokenizer:
@@ -438,7 +410,7 @@ def comfy_vae(autoencoder, name, part):
 
 def load_image_bundle(folder, name):
     """(MODEL, CLIP, VAE) of the bundle's image model."""
-    files = read_bundle(folder, name)
+    files = read_bundle(folder, name)[1]
     unet, unet_meta = load_part(files, "unet", "unet", name, folder)
     autoencoder, ae_meta = load_part(files, "autoencoder", "autoencoder", name, folder)
     text_encoder, _ = load_part(files, "text_encoder", "text_encoder", name, folder)
@@ -449,7 +421,7 @@ def load_image_bundle(folder, name):
 
 def load_upscaler_bundle(folder, name):
     """(MODEL, CLIP, VAE) of the bundle's x4-style upscaler."""
-    files = read_bundle(folder, name)
+    files = read_bundle(folder, name)[1]
     if "upscaler_unet" not in files:
         raise WeightFileError(f"bundle {name!r} has no upscaler (its {BUNDLE} names no upscaler_unet): load it with Load Video LDM Bundle, or pick a bundle with an upscaler")
     unet, unet_meta = load_part(files, "upscaler_unet", "unet", name, folder)

@@ -8,7 +8,6 @@ Its module names and block order are SD's (``encoder.down.0.block.0``,
 
 from dataclasses import asdict, dataclass
 
-import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
@@ -146,6 +145,16 @@ def posterior(autoencoder, x):
     for this module or any KL autoencoder in SD's layout (ComfyUI's too)."""
     mean, logvar = autoencoder.quant_conv(autoencoder.encoder(x)).chunk(2, dim=1)
     return mean, logvar.clamp(-30.0, 20.0)
+
+
+def scaled_encoder(autoencoder, scale):
+    """``encode_frames(pixels)``: the posterior mean of images in [-1, 1], times
+    ``scale``, as a UNet sees latents (the trainers' frozen encoders)."""
+
+    def encode_frames(pixels):
+        return posterior(autoencoder, pixels)[0] * scale
+
+    return encode_frames
 
 
 class AutoencoderKL(nn.Module):

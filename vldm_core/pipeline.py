@@ -37,9 +37,6 @@ class Autoencoder:
     module: torch.nn.Module
     scale: float
 
-    def encode(self, pixels):
-        return self.module.encode(pixels)[0] * self.scale
-
     def decode(self, latents, temporal=None, frames=None):
         z = self.module.post_quant_conv(latents / self.scale)
         return decode_frames(self.module.decoder, z, temporal, frames)
@@ -109,16 +106,37 @@ def write_bundle(folder, files, key_frame_rate, frame_size):
         json.dump(bundle, f, indent=2)
 
 
-def load_bundle(folder, device="cpu"):
-    """A VideoLDM from a bundle folder; each stage's files are checked against the models they patch."""
+def read_bundle(folder, name=None):
+    """(bundle.json's contents, {part: absolute path}) of a bundle folder, checked
+    to be a bundle whose files all lie inside it; ``name`` is how messages call it."""
+    name = name or folder
     path = os.path.join(folder, BUNDLE)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{folder} has no {BUNDLE}: point at a model bundle folder (e.g. models/videoldm-shapes)")
-    with open(path) as f:
-        bundle = json.load(f)
-    if bundle.get("format") != FORMAT:
-        raise WeightFileError(f"{path} is not a Video LDM model bundle (format {bundle.get('format')!r}, expected {FORMAT!r})")
-    files = {name: os.path.join(folder, file) for name, file in bundle["files"].items()}
+        raise FileNotFoundError(
+            f"the folder {name!r} ({folder}) has no {BUNDLE}: a Video LDM bundle is a folder holding its {BUNDLE} and the model files it names; "
+            "copy the whole bundle folder again (an SD checkpoint goes in models/checkpoints and loads with Load Checkpoint)"
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            bundle = json.load(f)
+    except ValueError as e:
+        raise WeightFileError(f"{name}/{BUNDLE} is not valid JSON ({e}): copy the bundle folder again") from e
+    if not isinstance(bundle, dict) or bundle.get("format") != FORMAT or not isinstance(bundle.get("files"), dict):
+        found = bundle.get("format") if isinstance(bundle, dict) else None
+        raise WeightFileError(f"{name}/{BUNDLE} is not a Video LDM model bundle (format {found!r}, expected {FORMAT!r} with a 'files' table): copy the bundle folder again")
+    root = os.path.normpath(folder)
+    files = {}
+    for part, file in bundle["files"].items():
+        full = os.path.normpath(os.path.join(root, str(file)))
+        if not full.startswith(root + os.sep):
+            raise WeightFileError(f"{name}/{BUNDLE} names {part} file {file!r} outside the bundle folder: a bundle keeps all its files inside its folder")
+        files[part] = full
+    return bundle, files
+
+
+def load_bundle(folder, device="cpu"):
+    """A VideoLDM from a bundle folder; each stage's files are checked against the models they patch."""
+    bundle, files = read_bundle(folder)
 
     def model(name, kind):
         module, metadata = load_model(files[name], kind)

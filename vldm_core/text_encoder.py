@@ -26,9 +26,12 @@ class TextEncoderConfig:
         return asdict(self)
 
 
+WORD = re.compile(r"[a-z0-9]+")  # a caption's words, once lower-cased
+
+
 def word_ids(caption, config):
     """Lower-case words -> stable hash ids in 1..vocab-1, padded with 0 to max_tokens."""
-    words = re.findall(r"[a-z0-9]+", caption.lower())[: config.max_tokens]
+    words = WORD.findall(caption.lower())[: config.max_tokens]
     ids = [1 + zlib.crc32(w.encode()) % (config.vocab - 1) for w in words]
     return ids + [0] * (config.max_tokens - len(ids))
 

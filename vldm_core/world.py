@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
-import numpy as np
 import torch
 from einops import rearrange
 
-from vldm_core.train.data import as_size, sample_generator
+from .train.data import as_size, sample_generator
+from .video_io import write_video
 
 # Saturated and far apart (RGB distances of 125 levels or more between any two,
 # 155 or more from every background), so a colour is recognised by distance
@@ -279,11 +278,6 @@ class WorldClips(torch.utils.data.Dataset):
         return {"pixels": world.clip(self.frames, self.fps, self.size, self.start(index)), "caption": world.caption}
 
 
-def to_uint8(frames):
-    """``(T, 3, H, W)`` in [-1, 1] -> ``(T, H, W, 3)`` uint8, as video frames."""
-    return rearrange(((frames + 1) * 127.5).round().clamp(0, 255).to(torch.uint8), "t c h w -> t h w c")
-
-
 def write_videos(folder, count, seconds, fps, size, seed=0, chunk=64):
     """Scenes 0..count-1 of ``WorldClips(..., seed=seed)``, from time 0, as
     ``world_00000.mp4`` with captions in ``world_00000.txt``: for the pack's
@@ -293,21 +287,13 @@ def write_videos(folder, count, seconds, fps, size, seed=0, chunk=64):
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     height, width = as_size(size)
-    rate = Fraction(fps).limit_denominator(1001)
-    frames = round(seconds * fps)
+    frames, rate = round(seconds * fps), float(Fraction(fps).limit_denominator(1001))  # the stream's rate, exactly
     paths = []
     for index in range(count):
         world = World.from_seed(scene_seed(seed, index))
         path = folder / f"world_{index:05d}.mp4"
-        with av.open(str(path), "w") as container:
-            stream = container.add_stream("libx264", rate=rate)
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv444p"
-            stream.options = {"qp": "0"}
-            for first in range(0, frames, chunk):
-                times = torch.arange(first, min(first + chunk, frames), dtype=torch.float64) / float(rate)
-                for image in to_uint8(world.render(times, (height, width))).numpy():
-                    container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")))
-            container.mux(stream.encode())
+        times = (torch.arange(first, min(first + chunk, frames), dtype=torch.float64) / rate for first in range(0, frames, chunk))
+        write_video(path, (world.render(t, (height, width)) for t in times), fps, lossless=True)
         path.with_suffix(".txt").write_text(world.caption + "\n", encoding="utf-8")
         paths.append(path)
     return paths

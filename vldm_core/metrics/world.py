@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vldm_core.world import EDGE, PALETTE, SHAPES, SIZE_RANGE, coverage, parse_caption, to_unit_rgb
+from ..world import EDGE, PALETTE, SHAPES, SIZE_RANGE, coverage, parse_caption, to_unit_rgb
 
 COLOURS = tuple(PALETTE)
 # RGB distance in [-1, 1] units (~51 of 255 levels). The closest any mix of two

@@ -63,6 +63,7 @@ from dataclasses import fields
 
 import torch
 
+from ..autoencoder import scaled_encoder
 from ..model_files import KINDS, load_model, save_model
 from ..temporal import TemporalConfig, TemporalLayers
 from ..unet_layout import find_layout
@@ -173,17 +174,12 @@ def frozen_base(config, kind, device):
     text_encoder, _ = load_model(base["text_encoder"], "text_encoder")
     autoencoder, ae_meta = load_model(base["autoencoder"], "autoencoder")
     unet, text_encoder, autoencoder = unet.to(device), text_encoder.to(device).requires_grad_(False), autoencoder.to(device).requires_grad_(False)
-    return CheckpointBase(unet, text_encoder, scaled_encoder(autoencoder, ae_meta), unet_meta.get("prediction_type", "eps"), autoencoder, call_own_unet)
+    return CheckpointBase(unet, text_encoder, file_encoder(autoencoder, ae_meta), unet_meta.get("prediction_type", "eps"), autoencoder, call_own_unet)
 
 
-def scaled_encoder(autoencoder, metadata):
-    """``encode_frames``: the posterior mean, scaled by the file's latent_scale, as the UNet sees latents."""
-    scale = float(metadata.get("latent_scale", 1.0))
-
-    def encode_frames(pixels):
-        return autoencoder.encode(pixels)[0] * scale
-
-    return encode_frames
+def file_encoder(autoencoder, metadata):
+    """``encode_frames`` of one of the pack's autoencoder files, scaled by its latent_scale."""
+    return scaled_encoder(autoencoder, float(metadata.get("latent_scale", 1.0)))
 
 
 def frozen_autoencoder(config, device):
@@ -271,7 +267,7 @@ def image_job(config, device):
     """The image LDM (UNet and caption encoder) from scratch on single frames, the autoencoder frozen."""
     job = section(config, "job")
     autoencoder, metadata = load_model(section(config, "base")["autoencoder"], "autoencoder")
-    encode_frames = scaled_encoder(autoencoder.to(device).requires_grad_(False), metadata)
+    encode_frames = file_encoder(autoencoder.to(device).requires_grad_(False), metadata)
     unet, text_encoder = fresh_model(config, "unet").to(device), fresh_model(config, "text_encoder").to(device)
     trainer = ImageDiffusionJob(unet, text_encoder, job["prediction_type"], job["caption_dropout"], encode_frames)
 
@@ -286,7 +282,7 @@ def image_upscaler_job(config, device):
     base = section(config, "base")
     autoencoder, metadata = load_model(base["autoencoder"], "autoencoder")
     text_encoder, _ = load_model(base["text_encoder"], "text_encoder")
-    encode_frames = scaled_encoder(autoencoder.to(device).requires_grad_(False), metadata)
+    encode_frames = file_encoder(autoencoder.to(device).requires_grad_(False), metadata)
     job = section(config, "job")
     unet = fresh_model(config, "unet").to(device)
     trainer = UpscalerJob(unet, None, text_encoder.to(device).requires_grad_(False), job["prediction_type"], patch=job["patch"] or None, encode_frames=encode_frames)

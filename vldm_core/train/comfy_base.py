@@ -20,7 +20,7 @@ from typing import Callable
 import safetensors
 import torch
 
-from ..autoencoder import posterior
+from ..autoencoder import scaled_encoder
 from ..comfy_unet import call_unet
 from ..sampling import discrete_sigmas
 from .upscaler_job import X4_SCHEDULE
@@ -119,15 +119,6 @@ def caption_encoder(clip, device):
     return encode_text
 
 
-def frame_encoder(autoencoder, scale):
-    """Pixels in [-1, 1] -> the posterior mean, scaled as ComfyUI's latent format scales it for the UNet."""
-
-    def encode_frames(pixels):
-        return posterior(autoencoder, pixels.to(next(autoencoder.parameters()).dtype))[0].float() * scale
-
-    return encode_frames
-
-
 def load_checkpoint(path, kind, device, comfyui=""):
     """The frozen base of a UNet job (``kind`` "temporal_layers" or "upscaler") from an SD checkpoint, on ``device``."""
     check_safetensors(path, "checkpoint")
@@ -147,7 +138,7 @@ def load_checkpoint(path, kind, device, comfyui=""):
     return CheckpointBase(
         unet=model.model.diffusion_model.to(device, torch.float32).requires_grad_(False),
         encode_text=caption_encoder(clip, device),
-        encode_frames=frame_encoder(autoencoder, model.model.latent_format.scale_factor),
+        encode_frames=scaled_encoder(autoencoder, model.model.latent_format.scale_factor),
         prediction_type=prediction_type(model),
         autoencoder=autoencoder,
     )
