@@ -42,6 +42,7 @@ import torch
 from comfy.sd1_clip import escape_important, token_weights, unescape_important
 from comfy_api.latest import io
 
+from ..vldm_core.autoencoder import COMFY_VAE_GROUPS
 from ..vldm_core.model_files import load_model
 from ..vldm_core.pipeline import BUNDLE, read_bundle
 from ..vldm_core.text_encoder import WORD, TextEncoder
@@ -55,7 +56,6 @@ LAYER_PARTS = ("keyframe", "prediction", "interpolation", "upscaler_layers")
 DECODER_PARTS = ("temporal_decoder",)
 IMAGE_PARTS = ("unet", "text_encoder", "autoencoder")
 UPSCALER_PARTS = ("upscaler_unet", "text_encoder", "upscaler_autoencoder")
-COMFY_GROUPS = 32  # ComfyUI's VAE hard-codes GroupNorm(32)
 NORM_EPS = 1e-6  # every GroupNorm of the pack's UNet (vldm_core.unet.group_norm)
 PREDICTION = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION}
 # The pack's dtypes: its models train in fp32 / bf16 autocast, fp16's range is not guaranteed.
@@ -234,9 +234,14 @@ def group_norm_ops(base, groups):
 
 
 class BundleLatentFormat(comfy.latent_formats.LatentFormat):
-    def __init__(self, scale_factor, channels):
-        self.scale_factor = scale_factor
-        self.latent_channels = channels
+    """The bundle autoencoder's latents: its scale, channels and downsampling
+    (``spacial_downscale_ratio``, as ComfyUI's own formats name it, tells the
+    Keyframe Sampler how large the latents of a frame size are)."""
+
+    def __init__(self, autoencoder, metadata):
+        self.scale_factor = float(metadata.get("latent_scale", 1.0))
+        self.latent_channels = autoencoder.config.z_channels
+        self.spacial_downscale_ratio = autoencoder.config.downsampling
 
 
 class BundleModelConfig:
@@ -245,9 +250,9 @@ class BundleModelConfig:
     unet_extra_config = {}  # the detected config is complete
     supported_inference_dtypes = INFERENCE_DTYPES
 
-    def __init__(self, unet_config, prediction_type, latent_scale, norm_groups):
+    def __init__(self, unet_config, prediction_type, latent_format, norm_groups):
         super().__init__(unet_config)
-        self.latent_format = BundleLatentFormat(latent_scale, unet_config["out_channels"])
+        self.latent_format = latent_format
         self.prediction_type, self.norm_groups = prediction_type, norm_groups
 
     def model_type(self, state_dict=None, prefix=""):
@@ -283,14 +288,14 @@ def unet_config_for(state_dict, config, name, part):
     return unet_config
 
 
-def comfy_model(unet, metadata, latent_scale, config_class, name, part):
+def comfy_model(unet, metadata, latent_format, config_class, name, part):
     """A ModelPatcher of a ComfyUI model carrying ``unet``'s weights, built the
     way ComfyUI's checkpoint loader builds one (dtype, devices, initial load)."""
     state_dict = comfy_unet_state_dict(unet.state_dict())
     prediction_type = metadata.get("prediction_type", "eps")
     if prediction_type not in PREDICTION:
         raise WeightFileError(f"bundle {name!r}: its {part} predicts {prediction_type!r}; ComfyUI runs eps or v prediction: copy the bundle folder again")
-    config = config_class(unet_config_for(state_dict, unet.config, name, part), prediction_type, latent_scale, unet.config.norm_groups)
+    config = config_class(unet_config_for(state_dict, unet.config, name, part), prediction_type, latent_format, unet.config.norm_groups)
     parameters = sum(v.numel() for v in state_dict.values())
     load_device = comfy.model_management.get_torch_device()
     unet_dtype = comfy.model_management.unet_dtype(model_params=parameters, supported_dtypes=config.supported_inference_dtypes)
@@ -386,10 +391,10 @@ def comfy_clip(text_encoder):
 def comfy_vae(autoencoder, name, part):
     """ComfyUI's AutoencoderKL with the autoencoder's config and weights."""
     config = autoencoder.config
-    if config.norm_groups != COMFY_GROUPS:
+    if config.norm_groups != COMFY_VAE_GROUPS:
         raise WeightFileError(
-            f"bundle {name!r}: its {part} normalises with {config.norm_groups} groups, ComfyUI's VAE with {COMFY_GROUPS}: "
-            f"train or export the autoencoder with norm_groups = {COMFY_GROUPS} (channels a multiple of {COMFY_GROUPS}) to use it in ComfyUI"
+            f"bundle {name!r}: its {part} normalises with {config.norm_groups} groups, ComfyUI's VAE with {COMFY_VAE_GROUPS}: "
+            f"train or export the autoencoder with norm_groups = {COMFY_VAE_GROUPS} (channels a multiple of {COMFY_VAE_GROUPS}) to use it in ComfyUI"
         )
     ddconfig = {
         "double_z": True, "z_channels": config.z_channels, "resolution": 256, "in_channels": config.in_channels, "out_ch": config.in_channels,
@@ -401,7 +406,7 @@ def comfy_vae(autoencoder, name, part):
     if missing:
         raise WeightFileError(f"bundle {name!r}: its {part} does not map onto ComfyUI's AutoencoderKL (missing {missing[:3]}): update the pack")
     vae.latent_channels = config.z_channels
-    vae.downscale_ratio = vae.upscale_ratio = 2 ** (len(config.ch_mult) - 1)
+    vae.downscale_ratio = vae.upscale_ratio = config.downsampling
     return vae
 
 
@@ -414,8 +419,7 @@ def load_image_bundle(folder, name):
     unet, unet_meta = load_part(files, "unet", "unet", name, folder)
     autoencoder, ae_meta = load_part(files, "autoencoder", "autoencoder", name, folder)
     text_encoder, _ = load_part(files, "text_encoder", "text_encoder", name, folder)
-    scale = float(ae_meta.get("latent_scale", 1.0))
-    model = comfy_model(unet, unet_meta, scale, BundleImageModel, name, "unet")
+    model = comfy_model(unet, unet_meta, BundleLatentFormat(autoencoder, ae_meta), BundleImageModel, name, "unet")
     return model, comfy_clip(text_encoder), comfy_vae(autoencoder, name, "autoencoder")
 
 
@@ -433,7 +437,7 @@ def load_upscaler_bundle(folder, name):
             f"bundle {name!r}: its upscaler_unet takes {unet.config.in_channels} channels and {unet.config.num_classes} noise levels; "
             f"an x4 upscaler takes its latents' {autoencoder.config.z_channels} + 3 low-res channels and {levels} levels: copy the bundle folder again"
         )
-    model = comfy_model(unet, unet_meta, float(ae_meta.get("latent_scale", 1.0)), BundleUpscalerModel, name, "upscaler_unet")
+    model = comfy_model(unet, unet_meta, BundleLatentFormat(autoencoder, ae_meta), BundleUpscalerModel, name, "upscaler_unet")
     return model, comfy_clip(text_encoder), comfy_vae(autoencoder, name, "upscaler_autoencoder")
 
 

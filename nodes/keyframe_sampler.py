@@ -47,7 +47,8 @@ class KeyframeSampler(io.ComfyNode):
     def execute(cls, model, positive, negative, frames, width, height, frame_rate, seed, steps, cfg, sampler_name, scheduler) -> io.NodeOutput:
         check_frame_count(model, frames)
         check_size(width, height)
-        channels = model.model.latent_format.latent_channels
-        empty = torch.zeros([frames, channels, height // 8, width // 8], device=comfy.model_management.intermediate_device())
+        latent_format = model.model.latent_format
+        ratio = getattr(latent_format, "spacial_downscale_ratio", 8)  # SD's VAE: 8; a bundle's may downsample less
+        empty = torch.zeros([frames, latent_format.latent_channels, height // ratio, width // ratio], device=comfy.model_management.intermediate_device())
         samples = sample_frames(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, empty)
         return io.NodeOutput({"samples": samples, "frame_rate": frame_rate})

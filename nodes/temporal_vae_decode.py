@@ -8,7 +8,7 @@ import folder_paths
 import torch
 from comfy_api.latest import InputImpl, Types, io
 
-from ..vldm_core.temporal_decoder import UPSCALE, decode_frames, decode_video, find_decoder_layout, is_video_decoder
+from ..vldm_core.temporal_decoder import decode_frames, decode_video, find_decoder_layout, is_video_decoder
 from ..vldm_core.weights import load_temporal_layers
 from ..vldm_core.windows import piece_count
 from .comfy_bridge import DECODER_FOLDER
@@ -86,7 +86,8 @@ class TemporalVAEDecode(io.ComfyNode):
             raise ValueError("this VAE is a video VAE (it decodes 3-D latents, as Wan's or Hunyuan's): decode its latents with VAE Decode; Temporal VAE Decode takes SD's KL-f8 VAE or SVD's")
         if window_overlap >= window_frames:
             raise ValueError(f"window_overlap {window_overlap} must be smaller than window_frames {window_frames}")
-        tile, overlap = tile_size // UPSCALE, tile_overlap // UPSCALE
+        upscale = vae.upscale_ratio  # 8 for SD's VAE; a bundle's autoencoder may upsample less
+        tile, overlap = tile_size // upscale, tile_overlap // upscale
         if tile_size and (tile_size % 64 or overlap >= tile):
             raise ValueError(f"tile_size {tile_size} with tile_overlap {tile_overlap}: use a multiple of 64 and an overlap smaller than the tile (e.g. {max(64, tile_size - tile_size % 64)} and 64)")
         frames, _, height, width = latents.shape
@@ -97,7 +98,7 @@ class TemporalVAEDecode(io.ComfyNode):
         window_shape = (min(window_frames, frames), latents.shape[1], min(tile or height, height), min(tile or width, width))
         memory = vae.memory_used_decode(window_shape, vae.vae_dtype) * window_shape[0] * (TEMPORAL_DECODE_FACTOR if temporal else 1.0)
         comfy.model_management.load_models_gpu([vae.patcher], memory_required=memory, force_full_load=vae.disable_offload)
-        pixels = decode_video(decode, latents, window_frames, window_overlap, tile, overlap)
+        pixels = decode_video(decode, latents, window_frames, window_overlap, tile, overlap, upscale)
         images = pixels.movedim(1, -1).contiguous()
         rate = samples.get("frame_rate", frame_rate)
         video = InputImpl.VideoFromComponents(Types.VideoComponents(images=images, frame_rate=Fraction(rate).limit_denominator(1000)))

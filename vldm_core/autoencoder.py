@@ -15,6 +15,9 @@ from torch import nn
 from .unet import Upsample, group_norm
 
 
+COMFY_VAE_GROUPS = 32  # ComfyUI's VAE (comfy.ldm.modules.diffusionmodules.model) hard-codes GroupNorm(32)
+
+
 @dataclass(frozen=True)
 class AutoencoderConfig:
     ch: int = 32
@@ -23,6 +26,11 @@ class AutoencoderConfig:
     z_channels: int = 4
     in_channels: int = 3
     norm_groups: int = 32
+
+    @property
+    def downsampling(self):
+        """Pixels per latent pixel along each side (8 for SD's KL-f8)."""
+        return 2 ** (len(self.ch_mult) - 1)
 
     def to_dict(self):
         return asdict(self)

@@ -93,11 +93,16 @@ class Settings:
             raise ValueError(f"seconds {self.seconds}: ask for a positive length")
 
 
+PARTS = (
+    "text_encoder", "autoencoder", "unet", "keyframe", "prediction", "interpolation", "temporal_decoder",
+    "upscaler_unet", "upscaler_autoencoder", "upscaler_layers",
+)
+
+
 def write_bundle(folder, files, key_frame_rate, frame_size):
     """``bundle.json`` for model files already in ``folder``: ``files`` maps each
-    part (text_encoder, autoencoder, unet, keyframe, prediction, interpolation,
-    temporal_decoder, upscaler_unet, upscaler_autoencoder, upscaler_layers) to
-    its file name; prediction and interpolation may name one file."""
+    of PARTS to its file name, relative to the folder (keyframe and prediction,
+    or prediction and interpolation, may name one file)."""
     missing = [name for name in ("text_encoder", "autoencoder", "unet", "keyframe") if name not in files]
     if missing:
         raise ValueError(f"a bundle needs at least {', '.join(missing)}")
@@ -235,7 +240,7 @@ def generate(model, prompt, settings=Settings(), progress=None):
     """A video for ``prompt``: frames ``(t, 3, H, W)`` in [-1, 1] at the size the
     bundle was trained on (4x that with the upscaler) and their frame rate.
     ``progress(steps_done, total)`` is called after every denoising step."""
-    latent_size = tuple(side // 8 for side in model.frame_size)
+    latent_size = tuple(side // model.autoencoder.module.config.downsampling for side in model.frame_size)
     work = plan(model, settings)
     done = [0]
 
@@ -290,7 +295,8 @@ def decode(model, settings, latents):
     temporal = model.temporal_decoder
     window = temporal.train_frames if temporal is not None else 1
     overlap = min(settings.decode_overlap, window - 1)
-    return decode_video(lambda z: model.autoencoder.decode(z, temporal, z.shape[0]), latents, window, overlap).clamp(-1, 1)
+    # each window clamped before blending, as Temporal VAE Decode's windows come out of ComfyUI's VAE
+    return decode_video(lambda z: model.autoencoder.decode(z, temporal, z.shape[0]).clamp(-1, 1), latents, window, overlap, upscale=model.autoencoder.module.config.downsampling)
 
 
 def upscaler_window(upscaler):

@@ -37,7 +37,7 @@ def is_video_decoder(decoder):
 
 
 def find_decoder_layout(decoder):
-    """The temporal-block sites of a KL-f8 image decoder; a clear error for any other VAE."""
+    """The temporal-block sites of a KL image decoder in SD's layout (SD's f8, a bundle's f4); a clear error for any other VAE."""
     kind = type(decoder).__name__
     if is_video_decoder(decoder):
         raise ValueError("this VAE is already a video decoder (Stable Video Diffusion's): decode it without a temporal-decoder file")
@@ -46,15 +46,16 @@ def find_decoder_layout(decoder):
     if decoder.conv_in.weight.ndim != 4:
         raise ValueError("this VAE decodes with 3D convolutions (a video VAE such as Wan's or Hunyuan's): the temporal decoder needs SD's KL-f8 image VAE")
     z_channels, levels = decoder.conv_in.in_channels, decoder.num_resolutions
-    if z_channels != 4 or levels != 4:
+    if z_channels != 4:
         raise ValueError(
-            f"this VAE has {z_channels} latent channels and {2 ** (levels - 1)}x upsampling; the temporal decoder needs SD's KL-f8 VAE "
-            "(4 channels, 8x): use the VAE of an SD 1.x / 2.x checkpoint"
+            f"this VAE has {z_channels} latent channels; the temporal decoder needs a 4-channel KL VAE such as SD's KL-f8 "
+            "(SD 1.x / 2.x) or a Video LDM bundle's: use the VAE of an SD 1.x / 2.x checkpoint"
         )
     sites = tuple(InsertionSite(path, "res", block.out_channels) for path, block in _resnet_paths(decoder))
     ch = decoder.conv_out.in_channels
     ch_mult = tuple(decoder.up[level].block[0].out_channels // ch for level in range(levels))
-    family = "SD KL-f8 decoder" if dict(ch=ch, ch_mult=ch_mult, z_channels=z_channels) == SD_VAE else f"KL-f8 decoder (ch {ch}, ch_mult {list(ch_mult)})"
+    # the family names the upsampling, so a file trained for one VAE is refused by another (weights.load_temporal_layers)
+    family = "SD KL-f8 decoder" if dict(ch=ch, ch_mult=ch_mult, z_channels=z_channels) == SD_VAE else f"KL-f{2 ** (levels - 1)} decoder (ch {ch}, ch_mult {list(ch_mult)})"
     return UNetLayout(family, z_channels, 0, sites)
 
 
@@ -90,9 +91,10 @@ def decode_frames(decoder, z, temporal=None, frames=None):
     return h.tanh() if decoder.tanh_out else h
 
 
-def decode_video(decode_window, latents, window, overlap, tile=0, tile_overlap=0, store=None):
+def decode_video(decode_window, latents, window, overlap, tile=0, tile_overlap=0, upscale=UPSCALE, store=None):
     """Decode a latent video ``(t, c, h, w)`` in fixed windows of frames (and,
-    with ``tile``, square spatial tiles of that many latent pixels), blended
-    across overlaps. ``decode_window(latents)`` decodes one piece as one video.
-    Window positions follow from the sizes alone, never from free memory."""
-    return map_video(decode_window, latents, window, overlap, tile, tile_overlap, scale=UPSCALE, store=store)
+    with ``tile``, square spatial tiles of that many latent pixels, each
+    decoding to ``upscale`` times its side), blended across overlaps.
+    ``decode_window(latents)`` decodes one piece as one video. Window
+    positions follow from the sizes alone, never from free memory."""
+    return map_video(decode_window, latents, window, overlap, tile, tile_overlap, scale=upscale, store=store)

@@ -26,6 +26,19 @@ class WeightFileError(ValueError):
     pass
 
 
+STORAGE = {"float32": torch.float32, "float16": torch.float16}  # how exported weights may be stored; they load as float32
+
+
+def store_as(path, dtype):
+    """Rewrite a safetensors file just exported (temporal layers or a model file)
+    with its floating-point tensors in ``dtype`` ("float16" halves it) and its
+    metadata unchanged: the loaders copy them into float32 modules."""
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    save_file({k: v.to(STORAGE[dtype]) if v.is_floating_point() else v for k, v in tensors.items()}, str(path), metadata=metadata)
+
+
 def save_temporal_layers(layers: TemporalLayers, path, train_frames, modes=None, prediction_type=None, overwrite=False):
     """Write fp32 weights and metadata; an existing file is kept unless ``overwrite``."""
     modes = tuple(modes or layers.modes)

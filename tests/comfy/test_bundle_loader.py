@@ -12,36 +12,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from prompt_parts import key
+from prompt_parts import IMAGES, CaptureImage, key
 from tiny_models import write_tiny_bundle
 
 NAME = "vldm-test-tiny"  # the bundle, in ComfyUI's models/video_ldm
 NO_UPSCALER = "vldm-test-no-upscaler"
 KEYFRAME, DECODER, UPSCALER_LAYERS = (f"{NAME}-{file}.safetensors" for file in ("keyframe", "temporal_decoder", "upscaler_layers"))  # as write_tiny_bundle names them
 PROMPT = "a red ball bounces"
-IMAGES = {}
-
-
-class CaptureImage:
-    """Test-only output node: keeps the IMAGE it gets in ``IMAGES[key]``."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"images": ("IMAGE",), "key": ("STRING", {"default": "out"})}}
-
-    RETURN_TYPES = ()
-    FUNCTION = "capture"
-    OUTPUT_NODE = True
-    CATEGORY = "testing"
-
-    def capture(self, images, key):
-        IMAGES[key] = images.clone()
-        return {}
 
 
 @pytest.fixture(scope="module")
 def loader(comfy):
-    comfy.add_nodes({"VLDMTest_CaptureBundleImage": CaptureImage})
+    comfy.add_nodes({"VLDMTest_CaptureImage": CaptureImage})
     return comfy.module("nodes.bundle_loader")
 
 
@@ -176,9 +158,9 @@ def test_keyframes_from_the_bundle_through_every_node(comfy, loader, bundle):
         "6": {"class_type": "VLDMTest_CaptureLatent", "inputs": {"samples": ["5", 0], "key": latent_key}},
         "7": {"class_type": "VLDM_TemporalVAEDecode", "inputs": {
             "vae": ["1", 2], "samples": ["5", 0], "temporal_decoder": DECODER, "window_frames": 3, "window_overlap": 1, "tile_size": 0, "tile_overlap": 64, "frame_rate": 8.0}},
-        "8": {"class_type": "VLDMTest_CaptureBundleImage", "inputs": {"images": ["7", 0], "key": temporal_key}},
+        "8": {"class_type": "VLDMTest_CaptureImage", "inputs": {"images": ["7", 0], "key": temporal_key}},
         "9": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
-        "10": {"class_type": "VLDMTest_CaptureBundleImage", "inputs": {"images": ["9", 0], "key": plain_key}},
+        "10": {"class_type": "VLDMTest_CaptureImage", "inputs": {"images": ["9", 0], "key": plain_key}},
     }
     result = comfy.run(prompt)
     assert result.ok, result.messages
@@ -211,7 +193,7 @@ def test_bundle_upscaler_through_the_video_upscaler_and_vae_decode(comfy, loader
             "model": ["4", 0], "positive": ["2", 0], "negative": ["3", 0], "images": ["5", 0], "noise_augmentation": 0.2, "tile_size": 16,
             "tile_overlap": 0, "window_frames": 0, "window_overlap": 1, "seed": 2, "steps": 2, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal"}},
         "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
-        "8": {"class_type": "VLDMTest_CaptureBundleImage", "inputs": {"images": ["7", 0], "key": out}},
+        "8": {"class_type": "VLDMTest_CaptureImage", "inputs": {"images": ["7", 0], "key": out}},
     }
     result = comfy.run(prompt)
     assert result.ok, result.messages

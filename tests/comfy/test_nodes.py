@@ -118,7 +118,10 @@ def test_pack_loads_with_its_nodes_and_a_safetensors_only_model_folder(comfy, br
     assert comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS["VLDM_TemporalUNetPatcher"] == "Temporal UNet Patcher"
 
     folder = os.path.join(comfy.folder_paths.models_dir, "temporal_layers")
-    assert comfy.folder_paths.folder_names_and_paths["temporal_layers"] == ([folder], {".safetensors"})
+    paths, extensions = comfy.folder_paths.folder_names_and_paths["temporal_layers"]
+    assert paths[0] == folder and extensions == {".safetensors"}
+    bundles = comfy.module("nodes.bundle_loader").bundle_folders().values()
+    assert all(os.path.dirname(path) in bundles for path in paths[1:])  # the bundles' own temporal_layers folders (the bundled model's)
 
     pickles = [os.path.join(folder, name) for name in ("vldm_test_pickle.ckpt", "vldm_test_pickle.pt", "vldm_test_pickle.pth")]
     try:

@@ -1,6 +1,7 @@
 """The whole pipeline without ComfyUI, and the demo command, on a tiny random bundle."""
 
 import json
+import shutil
 
 import av
 import pytest
@@ -45,6 +46,14 @@ def test_every_stage_runs_and_the_progress_bar_counts_every_step(model):
     assert torch.isfinite(frames).all() and frames.min() >= -1 and frames.max() <= 1
 
 
+def test_an_f4_autoencoder_gets_latents_a_quarter_of_the_frame_size(tmp_path):
+    f4 = load_bundle(write_tiny_bundle(tmp_path / "f4", frame_size=(32, 48), autoencoder_levels=(1, 2, 2)))
+    seen = []
+    f4.unet.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
+    frames, _ = generate(f4, "a red circle", Settings(seconds=1, interpolation=1, upscale=False, **FAST))
+    assert set(seen) == {(8, 12)} and frames.shape[-2:] == (32, 48)
+
+
 def test_the_same_seed_gives_the_same_video_and_another_seed_another(model):
     settings = dict(seconds=1, interpolation=1, upscale=False, **FAST)
     first, _ = generate(model, "a blue square", Settings(seed=1, **settings))
@@ -84,3 +93,26 @@ def test_bad_bundles_are_refused_naming_the_fix(bundle, tmp_path):
         plan(no_prediction, Settings(seconds=10))
     with pytest.raises(ValueError, match="interpolation 3"):
         Settings(interpolation=3)
+
+
+def test_the_bundle_command_writes_a_bundle_that_loads_and_leaves_none_that_does_not(bundle, tmp_path):
+    folder = tmp_path / "mine"
+    shutil.copytree(bundle, folder)
+    written = json.loads((folder / "bundle.json").read_text())
+    (folder / "bundle.json").unlink()
+    parts = [f"{part}={file}" for part, file in written["files"].items()]
+    args = ["bundle", str(folder), *parts, "--key-frame-rate", "2", "--frame-size", "32", "32"]
+    main(args)
+    assert json.loads((folder / "bundle.json").read_text()) == written
+    with pytest.raises(SystemExit, match="exists: pass --overwrite"):
+        main(args)
+    with pytest.raises(SystemExit, match=r"unknown parts \['vae'\]"):
+        main([*args[:2], "vae=autoencoder.safetensors", *args[2:], "--overwrite"])
+    wrong = [p if not p.startswith("keyframe=") else "keyframe=unet.safetensors" for p in parts]
+    with pytest.raises(WeightFileError):
+        main(["bundle", str(folder), *wrong, "--key-frame-rate", "2", "--frame-size", "32", "32", "--overwrite"])
+    assert json.loads((folder / "bundle.json").read_text()) == written  # the earlier one, back
+    (folder / "bundle.json").unlink()
+    with pytest.raises(WeightFileError):
+        main(["bundle", str(folder), *wrong, "--key-frame-rate", "2", "--frame-size", "32", "32"])
+    assert not (folder / "bundle.json").exists()

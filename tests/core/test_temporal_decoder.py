@@ -110,6 +110,16 @@ def test_tiles_covering_the_frame_equal_untiled_and_overlap_bounds_seams(vae):
     assert (tiled(6, 3) - whole).abs().max() < (tiled(6, 0) - whole).abs().max()
 
 
+def test_tiles_of_an_f4_decoder_are_placed_at_four_pixels_per_latent():
+    f4 = autoencoder(ch_mult=(1, 2, 2))
+    z = latents(frames=2, size=12)
+    whole = decode(f4, z)
+    assert whole.shape[-1] == 4 * 12 and f4.config.downsampling == 4
+    tiled = lambda size, overlap: decode_video(lambda w: decode(f4, w), z, window=8, overlap=0, tile=size, tile_overlap=overlap, upscale=4)  # noqa: E731
+    assert torch.equal(tiled(12, 2), whole)
+    assert (tiled(6, 3) - whole).abs().max() < (tiled(6, 0) - whole).abs().max()
+
+
 def test_weight_file_round_trip_and_refusal_for_another_vae(vae, trained, tmp_path):
     path = tmp_path / "decoder.safetensors"
     save_temporal_layers(trained, path, train_frames=8, modes=("decoder",))
@@ -122,13 +132,11 @@ def test_weight_file_round_trip_and_refusal_for_another_vae(vae, trained, tmp_pa
         load_temporal_layers(path, find_decoder_layout(wider.decoder), target="VAE")
 
 
-@pytest.mark.parametrize("config, message", [
-    (dict(ch_mult=(1, 2, 4)), "4x upsampling"),
-    (dict(z_channels=16), "16 latent channels"),
-])
-def test_other_autoencoders_are_refused(config, message):
-    with pytest.raises(ValueError, match=message):
-        find_decoder_layout(autoencoder(**config).decoder)
+def test_other_autoencoders_are_refused_and_an_f4_decoder_is_its_own_family(vae):
+    with pytest.raises(ValueError, match="16 latent channels; the temporal decoder needs a 4-channel KL VAE"):
+        find_decoder_layout(autoencoder(z_channels=16).decoder)
+    f4 = find_decoder_layout(autoencoder(ch_mult=(1, 2, 4)).decoder)
+    assert f4.family == "KL-f4 decoder (ch 32, ch_mult [1, 2, 4])" and f4.family != find_decoder_layout(vae.decoder).family
 
 
 def test_video_and_foreign_decoders_are_refused(vae):

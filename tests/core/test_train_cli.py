@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import safetensors
 import torch
+from safetensors import safe_open
 
 from vldm_core.autoencoder import AutoencoderConfig, AutoencoderKL
 from vldm_core.model_files import load_model, save_model
@@ -161,7 +162,8 @@ def test_the_image_stage_trains_from_scratch_into_files_the_video_stage_loads(ba
         return run({"job": {"kind": kind}, "data": data, "train": {**loop, "output_dir": str(tmp_path / name)},
                     "export": {"path": str(tmp_path / f"{name}.safetensors")}, **sections})
 
-    ae_path = job("ae", "autoencoder", model={"autoencoder": small_ae})
+    with pytest.warns(UserWarning, match="has norm_groups = 8: ComfyUI's VAE always has 32 GroupNorm groups"):  # small, so tests stay fast
+        ae_path = job("ae", "autoencoder", model={"autoencoder": small_ae})
     autoencoder, metadata = load_model(ae_path, "autoencoder")
     assert autoencoder.config.ch == 16 and float(metadata["latent_scale"]) > 0
 
@@ -181,8 +183,35 @@ def test_the_image_stage_trains_from_scratch_into_files_the_video_stage_loads(ba
     assert upscaler.config.num_classes == 351 and up_meta["prediction_type"] == "v"
 
 
+def test_an_autoencoder_fine_tunes_from_a_file_at_another_frame_size(tmp_path):
+    start = AutoencoderKL(AutoencoderConfig(ch=16, ch_mult=(1, 2, 2), norm_groups=8))
+    save_model(start, tmp_path / "start.safetensors", latent_scale=1.0)
+    loop = {"steps": 2, "batch_size": 2, "checkpoint_every": 2, "log_every": 1}
+    data = {"world": 4, "frames": 1, "fps": 8.0, "size": [64, 64]}
+    for name, lr in (("still", 0.0), ("moved", 1e-3)):
+        with pytest.warns(UserWarning, match="norm_groups = 8"):
+            run({"job": {"kind": "autoencoder"}, "base": {"autoencoder": str(tmp_path / "start.safetensors")}, "data": data,
+                 "train": {**loop, "lr": lr, "output_dir": str(tmp_path / name)}, "export": {"path": str(tmp_path / f"{name}.safetensors"), "ema": False}})
+    still, metadata = load_model(tmp_path / "still.safetensors", "autoencoder")
+    moved, _ = load_model(tmp_path / "moved.safetensors", "autoencoder")
+    assert still.config == start.config and float(metadata["latent_scale"]) != 1.0  # measured again, on the new frames
+    assert all(torch.equal(a, b) for a, b in zip(still.state_dict().values(), start.state_dict().values()))  # lr 0: the start, exactly
+    assert not all(torch.equal(a, b) for a, b in zip(moved.state_dict().values(), start.state_dict().values()))
+
+    with pytest.warns(UserWarning, match="norm_groups = 8"):
+        run({"job": {"kind": "autoencoder"}, "base": {"autoencoder": str(tmp_path / "start.safetensors")}, "data": data,
+             "train": {**loop, "lr": 0.0, "output_dir": str(tmp_path / "half")}, "export": {"path": str(tmp_path / "half.safetensors"), "ema": False, "dtype": "float16"}})
+    with safe_open(str(tmp_path / "half.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16} and f.metadata()["latent_scale"] == metadata["latent_scale"]
+    half, _ = load_model(tmp_path / "half.safetensors", "autoencoder")
+    assert all(torch.equal(a, b.half().float()) for a, b in zip(half.state_dict().values(), start.state_dict().values()))
+    assert (tmp_path / "half.safetensors").stat().st_size < 0.6 * (tmp_path / "still.safetensors").stat().st_size
+
+
 @pytest.mark.parametrize("values, message", [
-    ({"job": {"kind": "autoencoder"}, "base": {"unet": "u.safetensors"}}, "base.unet is not used: autoencoder jobs take no base models"),
+    ({"job": {"kind": "autoencoder"}, "base": {"unet": "u.safetensors"}}, "base.unet is not used: autoencoder jobs take no base models, or base.autoencoder"),
+    ({"job": {"kind": "autoencoder"}, "base": {"autoencoder": "a.safetensors"}, "model": {"autoencoder": {"ch": 64}}}, "base.autoencoder brings its own config"),
+    ({"job": {"kind": "autoencoder"}, "export": {"path": "p", "dtype": "bfloat16"}}, "export.dtype 'bfloat16': choose one of float32, float16"),
     ({"job": {"kind": "image"}, "base": {"autoencoder": "a.safetensors"}}, "export.text_encoder is required for image jobs"),
     ({"job": {"kind": "autoencoder"}, "model": {"autoencoder": {"channels": 8}}}, "unknown key model.autoencoder.channels"),
     ({"job": {"kind": "image_upscaler"}, "base": {"autoencoder": "a.safetensors"}}, "the pack's own model files need base.text_encoder too"),

@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 from vldm_core.temporal import TemporalConfig, TemporalLayers
 from vldm_core.unet import UNetConfig
 from vldm_core.unet_layout import find_layout, inject
-from vldm_core.weights import FORMAT_VERSION, WeightFileError, load_temporal_layers, read_metadata, save_temporal_layers
+from vldm_core.weights import FORMAT_VERSION, WeightFileError, load_temporal_layers, read_metadata, save_temporal_layers, store_as
 
 from tiny_models import perturb, tiny_unet, video_batch
 
@@ -30,6 +30,14 @@ def test_round_trip_gives_the_same_weights_metadata_and_video(saved, unet, layer
         expected = unet(x, t, context, frames=6)
         inject(unet, loaded.by_site())
         assert torch.equal(unet(x, t, context, frames=6), expected)
+
+
+def test_a_file_stored_in_float16_loads_as_float32_with_its_metadata(saved, unet, layers):
+    before = read_metadata(saved)
+    store_as(saved, "float16")
+    assert read_metadata(saved) == before
+    loaded = load_temporal_layers(saved, find_layout(unet), prediction_type="eps")
+    assert all(a.dtype == torch.float32 and torch.equal(a, b.half().float()) for a, b in zip(loaded.state_dict().values(), layers.state_dict().values()))
 
 
 def test_metadata_says_what_the_file_fits(saved):

@@ -80,9 +80,18 @@ def test_a_colour_swapped_mid_video_lowers_consistency():
     swapped = dataclasses.replace(world, movers=(dataclasses.replace(world.movers[0], colour=unused),) + world.movers[1:])
     video[10:] = swapped.clip(FRAMES, FPS, 32, start=0)[10:]
     scores = score(video, world.caption)
-    assert scores.identity_consistency == pytest.approx(10 / FRAMES)
+    assert scores.identity_consistency == scores.colour_consistency == pytest.approx(10 / FRAMES)
     assert scores.caption_agreement == pytest.approx(10 / FRAMES)
     assert scores.objects == tuple(sorted(world.objects))
+
+
+def test_a_shape_swapped_mid_video_keeps_colour_consistency():
+    world, video = render(0, 32)
+    other = next(shape for shape in SHAPES if shape != world.movers[0].shape)
+    swapped = dataclasses.replace(world, movers=(dataclasses.replace(world.movers[0], shape=other),) + world.movers[1:])
+    video[10:] = swapped.clip(FRAMES, FPS, 32, start=0)[10:]
+    scores = score(video, world.caption)
+    assert scores.identity_consistency == pytest.approx(10 / FRAMES) and scores.colour_consistency == 1.0
 
 
 def test_a_wrong_caption_lowers_agreement():

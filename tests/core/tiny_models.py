@@ -83,14 +83,15 @@ def checkpointed_gradients_agree(job, batch):
     return all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads(False), grads(True)))
 
 
-def write_tiny_bundle(folder, frame_size=(32, 32), key_frame_rate=2.0, upscaler=True, seed=0):
+def write_tiny_bundle(folder, frame_size=(32, 32), key_frame_rate=2.0, upscaler=True, seed=0, autoencoder_levels=(1, 1, 2, 2)):
     """A complete model bundle of tiny random models (temporal layers perturbed
     off identity, so every stage acts): what vldm_core.pipeline loads and the
     bundle loader nodes load into ComfyUI. Temporal-layer files sit in its
     temporal_layers/ subfolder, the temporal decoder in temporal_decoders/ (so
     ComfyUI lists them and not the model files), named after the bundle folder
     (ComfyUI lists them by file name, next to other bundles' files); the
-    autoencoders have 32 GroupNorm groups, as ComfyUI's VAE."""
+    autoencoders have 32 GroupNorm groups, as ComfyUI's VAE. ``autoencoder_levels``:
+    the image autoencoder's ch_mult (four levels: f8, as SD's; three: f4, as the bundled model's)."""
     from vldm_core.autoencoder import AutoencoderConfig, AutoencoderKL
     from vldm_core.model_files import save_model
     from vldm_core.pipeline import write_bundle
@@ -103,7 +104,7 @@ def write_tiny_bundle(folder, frame_size=(32, 32), key_frame_rate=2.0, upscaler=
     text = TextEncoderConfig(dim=TINY.context_dim, layers=1, heads=2)
     torch.manual_seed(seed)
     unet = UNetModel(TINY)
-    autoencoder = AutoencoderKL(AutoencoderConfig(ch=32, ch_mult=(1, 1, 2, 2)))
+    autoencoder = AutoencoderKL(AutoencoderConfig(ch=32, ch_mult=autoencoder_levels))
     save_model(TextEncoder(text), folder / "text_encoder.safetensors")
     save_model(unet, folder / "unet.safetensors", prediction_type="eps")
     save_model(autoencoder, folder / "autoencoder.safetensors", latent_scale=0.5)

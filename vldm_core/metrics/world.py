@@ -70,6 +70,8 @@ class Detection:
 class WorldScores:
     """``identity_consistency``: share of frames whose objects (a multiset of
     ``(colour, shape)``) are the video's most common ones, ``objects``.
+    ``colour_consistency``: the same for the objects' colours alone (a shape
+    misread in a soft, small frame does not count against it).
     ``caption_agreement``: share of frames whose objects are the caption's
     (None without a caption). ``acceleration``: trimmed mean size of the
     objects' centroid second differences, in fractions of the frame per frame
@@ -79,6 +81,7 @@ class WorldScores:
     that are background in both frames (nan for a single frame)."""
 
     identity_consistency: float
+    colour_consistency: float
     caption_agreement: float | None
     acceleration: float
     background_flicker: float
@@ -280,9 +283,11 @@ def score(video, caption=None):
     found = [objects_in(*frame) for frame in zip(video, labels, still)]
     per_frame = [identities(detections) for detections in found]
     common = Counter(per_frame).most_common(1)[0][0]
+    colours = [tuple(colour for colour, _ in objects) for objects in per_frame]
     named = tuple(sorted(parse_caption(caption))) if caption is not None else None
     return WorldScores(
         identity_consistency=sum(s == common for s in per_frame) / len(per_frame),
+        colour_consistency=Counter(colours).most_common(1)[0][1] / len(colours),
         caption_agreement=sum(s == named for s in per_frame) / len(per_frame) if named is not None else None,
         acceleration=trimmed_acceleration(tracks(found)),
         background_flicker=flicker(video, still),

@@ -32,6 +32,7 @@ exported file is never written over.
     # text_encoder = "models/text_encoder.safetensors"
     # autoencoder = "models/autoencoder.safetensors"
     # temporal_decoder jobs: autoencoder, checkpoint (its VAE) or vae = "vae-ft-mse-840000-ema-pruned.safetensors"
+    # autoencoder jobs: nothing (from scratch, [model.autoencoder]), or autoencoder = a file to fine-tune
 
     [layers]                          # vldm_core.temporal.TemporalConfig
     context_latent_channels = 0
@@ -53,21 +54,23 @@ exported file is never written over.
     path = "temporal_layers/keyframe.safetensors"
     ema = true                        # the EMA weights (needs train.ema_decay > 0)
     text_encoder = ""                 # image: where the caption encoder goes (path takes the UNet)
+    dtype = "float32"                 # or "float16": half the file size (the weights load as float32)
 """
 
 import argparse
 import hashlib
 import os
 import tomllib
+import warnings
 from dataclasses import fields
 
 import torch
 
-from ..autoencoder import scaled_encoder
+from ..autoencoder import COMFY_VAE_GROUPS, scaled_encoder
 from ..model_files import KINDS, load_model, save_model
 from ..temporal import TemporalConfig, TemporalLayers
 from ..unet_layout import find_layout
-from ..weights import save_temporal_layers
+from ..weights import STORAGE, save_temporal_layers, store_as
 from ..temporal_decoder import fresh_temporal_decoder
 from ..world import WorldClips
 from .data import LatentCache, LatentClips, VideoClips
@@ -90,18 +93,20 @@ SECTIONS = {
     "layers": {f.name: f.default for f in fields(TemporalConfig)},
     "data": {"videos": "", "world": 0, "frames": None, "fps": None, "size": None, "latent_cache": ""},
     "train": None,  # TrainConfig checks its own keys
-    "export": {"path": None, "ema": True, "text_encoder": ""},
+    "export": {"path": None, "ema": True, "text_encoder": "", "dtype": "float32"},
 }
 # what each job kind needs in [base]: the pack's own model files, or one of the other files
 BASES = {
     "temporal_layers": ({"unet", "text_encoder", "autoencoder"}, ("checkpoint",)),
     "upscaler": ({"unet", "text_encoder", "autoencoder"}, ("checkpoint",)),
     "temporal_decoder": ({"autoencoder"}, ("checkpoint", "vae")),
-    "autoencoder": (set(), ()),
+    "autoencoder": (set(), ()),  # or STARTS_FROM
     "image": ({"autoencoder"}, ()),
     "image_upscaler": ({"autoencoder", "text_encoder"}, ()),
 }
 JOBS = tuple(BASES)
+# jobs that may start from a trained file instead of from scratch (fine-tuning, e.g. at another frame size)
+STARTS_FROM = {"autoencoder": "autoencoder"}
 SCALE_SAMPLE = 32  # clips whose frames measure a new autoencoder's latent scale
 
 
@@ -132,6 +137,10 @@ def check_config(config):
         problems.append("[data] takes videos (a folder of captioned videos) or world (a number of synthetic scenes, vldm_core.world), one of them")
     elif data.get("world") and data.get("latent_cache"):
         problems.append("data.latent_cache is for video folders: synthetic scenes render faster than latents load; remove it")
+    if kind in STARTS_FROM and config.get("base", {}).get(STARTS_FROM[kind]) and config.get("model", {}).get(STARTS_FROM[kind]):
+        problems.append(f"[model.{STARTS_FROM[kind]}] is for models trained from scratch: base.{STARTS_FROM[kind]} brings its own config; remove one")
+    if config.get("export", {}).get("dtype", "float32") not in STORAGE:
+        problems.append(f"export.dtype {config['export']['dtype']!r}: choose one of {', '.join(STORAGE)}")
     if kind == "image" and not config.get("export", {}).get("text_encoder"):
         problems.append("export.text_encoder is required for image jobs (the caption encoder trains with the UNet)")
     if problems:
@@ -140,7 +149,12 @@ def check_config(config):
 
 
 def base_problems(kind, given):
-    """The [base] keys a job needs: exactly one source of its frozen models, whole."""
+    """The [base] keys a job needs: exactly one source of its frozen models, whole
+    (or, for STARTS_FROM's jobs, at most the file they start from)."""
+    if kind in STARTS_FROM:
+        start = STARTS_FROM[kind]
+        takes = f"{kind} jobs take no base models, or base.{start} (the file they fine-tune)"
+        return [f"base.{key} is not used: {takes}" for key in sorted(given - {start})]
     own, files = BASES[kind]
     options = [f"base.{key}" for key in files] + ([" + ".join(f"base.{key}" for key in sorted(own))] if own else [])
     takes = f"{kind} jobs take " + (" or ".join(options) if options else "no base models (they train from scratch)")
@@ -250,12 +264,23 @@ def fresh_model(config, name):
 
 
 def autoencoder_job(config, device):
-    """The image autoencoder from scratch; its export carries the latent scale measured on the training clips."""
-    job = section(config, "job")
-    trainer = AutoencoderJob(fresh_model(config, "autoencoder").to(device), kl_weight=job["kl_weight"], **perceptual(job, device))
+    """The image autoencoder, from scratch or fine-tuned from base.autoencoder; its
+    export carries the latent scale measured on the training clips."""
+    job, start = section(config, "job"), section(config, "base")["autoencoder"]
+
+    def model():
+        return load_model(start, "autoencoder")[0].train() if start else fresh_model(config, "autoencoder")
+
+    autoencoder = model()
+    if autoencoder.config.norm_groups != COMFY_VAE_GROUPS:
+        warnings.warn(
+            f"the autoencoder has norm_groups = {autoencoder.config.norm_groups}: ComfyUI's VAE always has {COMFY_VAE_GROUPS} GroupNorm groups, so the "
+            "bundle loader nodes will refuse this autoencoder (the demo and pipeline run it); set norm_groups = 32 to use it in ComfyUI"
+        )
+    trainer = AutoencoderJob(autoencoder.to(device), kl_weight=job["kl_weight"], **perceptual(job, device))
 
     def export(path, weights, data):
-        trained = fresh_model(config, "autoencoder").to(device)
+        trained = model().to(device)
         trained.load_state_dict(weights)
         sample = torch.cat([data[i]["pixels"] for i in range(min(len(data), SCALE_SAMPLE))])
         export_autoencoder(trained, path, latent_scale(trained, sample.to(device)))
@@ -328,8 +353,12 @@ def run(config, resume=False):
     data = dataset(config, encode_frames)
     result = train(job, data, TrainConfig.from_dict(config["train"]), resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 alone writes, as it alone checkpoints
-        use_ema = section(config, "export")["ema"] and config["train"].get("ema_decay", 0) > 0
+        settings = section(config, "export")
+        use_ema = settings["ema"] and config["train"].get("ema_decay", 0) > 0
         export(target, load_checkpoint_weights(result.checkpoint, ema=use_ema), data)
+        if settings["dtype"] != "float32":
+            for path in filter(None, (target, settings["text_encoder"])):
+                store_as(path, settings["dtype"])
     return target
 
 

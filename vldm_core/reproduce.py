@@ -1,0 +1,272 @@
+"""The paper's central claims at small scale, measured on a model bundle with
+the synthetic world's exact metrics (vldm_core.metrics.world):
+
+1. temporal fine-tuning aligns independently sampled frames into a coherent
+   clip (image model frame by frame vs the key-frame model, same noise);
+2. the temporal decoder removes flicker (image decoder vs temporal decoder on
+   the same latents: the world's own clips, encoded, and generated videos);
+3. context guidance keeps long rollouts stable (prediction with s = 1 vs s > 1,
+   scored on the 1st, 4th and 16th segment);
+4. interpolation makes motion smooth (key frames held 4x vs interpolated 4x,
+   both at the interpolated frame rate);
+5. the temporal upscaler is steadier than upscaling frame by frame (the
+   world's clips, 4x smaller, upscaled back).
+
+Every row is a mean over the same prompts and seeds: the captions of held-out
+scenes of the world. ``python -m vldm_core reproduce`` prints the table.
+"""
+
+import math
+from collections import Counter
+from dataclasses import dataclass, replace
+
+import torch
+
+from .autoencoder import scaled_encoder
+from .metrics.world import detect, score, segment, tracks
+from .pipeline import Settings, patched, upscale
+from .masking import keys_per_window
+from .rollout import interpolate, predict_segments
+from .sampling import Denoiser, sample_guided, window_sampler
+from .temporal_decoder import decode_video
+from .world import World, parse_caption, scene_seed
+
+HELD_OUT_SEED = 12345  # scenes of a dataset seed no training config uses
+HORIZONS = (1, 4, 16)  # rollout segments scored
+
+
+@dataclass
+class Row:
+    claim: str
+    variant: str
+    values: dict  # metric name -> mean over videos
+
+
+@dataclass
+class Table:
+    """Rows of one claim share their metric columns."""
+
+    claim: str
+    columns: tuple
+    rows: list
+
+    def markdown(self):
+        lines = [f"| {self.claim} | " + " | ".join(self.columns) + " |", "|---" * (len(self.columns) + 1) + "|"]
+        for row in self.rows:
+            lines.append(f"| {row.variant} | " + " | ".join(number(row.values[c]) for c in self.columns) + " |")
+        return "\n".join(lines)
+
+
+def number(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.3g}"
+
+
+def mean_rows(claim, per_video):
+    """``per_video``: one ``{variant: {metric: value}}`` per video -> Rows of the means (nan-aware)."""
+    rows = []
+    for variant in per_video[0]:
+        values = {}
+        for metric in per_video[0][variant]:
+            numbers = torch.tensor([float("nan") if v[variant][metric] is None else v[variant][metric] for v in per_video], dtype=torch.float64)
+            values[metric] = float(numbers.nanmean()) if not numbers.isnan().all() else float("nan")
+        rows.append(Row(claim, variant, values))
+    return rows
+
+
+def world_scores(video, caption):
+    """The world metrics of a pixel video (acceleration per frame squared: compare videos of one frame rate)."""
+    s = score(video, caption)
+    return {
+        "identity": s.identity_consistency,
+        "colours": s.colour_consistency,
+        "caption": s.caption_agreement,
+        "acceleration": s.acceleration,
+        "flicker": s.background_flicker,
+    }
+
+
+def motion_evenness(video):
+    """How evenly each object's motion is spread over the frames: (mean speed)^2
+    / mean(speed^2) of its centroid, frame to frame, averaged over objects: 1
+    when every frame moves it equally far (a bounce keeps the speed), 1/4 when
+    all of its motion happens in every 4th frame (key frames held 4x), about
+    pi/4 for pure jitter; nan when nothing moves."""
+    centres = tracks(detect(video))
+    evenness = []
+    for speeds in torch.linalg.vector_norm(centres[:, 1:] - centres[:, :-1], dim=-1):
+        speeds = speeds[~speeds.isnan()]
+        if len(speeds) > 1 and speeds.pow(2).mean() > 0:
+            evenness.append(float(speeds.mean() ** 2 / speeds.pow(2).mean()))
+    return sum(evenness) / len(evenness) if evenness else float("nan")
+
+
+def temporal_error(video, truth):
+    """Mean absolute error of the frame-to-frame change: how far a video's motion and flicker are from the truth's."""
+    return float(((video[1:] - video[:-1]) - (truth[1:] - truth[:-1])).abs().mean())
+
+
+def psnr(video, truth):
+    mse = float(((video - truth) / 2).pow(2).mean())  # [-1, 1] -> [0, 1]
+    return 10 * math.log10(1 / max(mse, 1e-12))
+
+
+def held_out_scenes(videos):
+    return [World.from_seed(scene_seed(HELD_OUT_SEED, i)) for i in range(videos)]
+
+
+class Reproduction:
+    """A model and its settings, with the few ways the claims sample and decode it."""
+
+    def __init__(self, model, settings=Settings(), progress=None):
+        self.model, self.settings = model, settings
+        self.denoiser = Denoiser(model.unet, model.prediction_type)
+        self.no_text = model.text_encoder([""])
+        self.downsampling = model.autoencoder.module.config.downsampling
+        self.progress = progress or (lambda: None)
+
+    def text(self, prompt):
+        return self.model.text_encoder([prompt])
+
+    def decode(self, latents, temporal=False):
+        """Latents -> pixels, with the image decoder or the bundle's temporal decoder in its trained windows."""
+        layers = self.model.temporal_decoder if temporal else None
+        window = layers.train_frames if layers is not None else 1
+        overlap = min(self.settings.decode_overlap, window - 1)
+        decode = lambda z: self.model.autoencoder.decode(z, layers, z.shape[0]).clamp(-1, 1)  # noqa: E731
+        return decode_video(decode, latents, window, overlap, upscale=self.downsampling)
+
+    def encode(self, pixels):
+        return scaled_encoder(self.model.autoencoder.module, self.model.autoencoder.scale)(pixels)
+
+    def key_frames(self, prompt, seed, layers):
+        """The key-frame window from ``seed``'s noise, with ``layers`` (None: the image model, each frame on its own)."""
+        frames = self.model.keyframe.train_frames
+        size = tuple(side // self.downsampling for side in self.model.frame_size)
+        noise = torch.randn((frames, self.model.unet.config.in_channels, *size), generator=torch.Generator().manual_seed(seed))
+        with patched(self.model.unet, layers):
+            latents = sample_guided(self.denoiser, self.text(prompt), self.no_text, noise.to(self.model.device), self.settings.steps, self.settings.cfg)
+        self.progress()
+        return latents
+
+    def sampler(self, prompt, seed, context_scale):
+        s = self.settings
+        return window_sampler(self.denoiser, self.text(prompt), self.no_text, s.steps, s.cfg, context_scale, seed, self.model.device)
+
+
+def background_colour(video):
+    """Mean colour ``(3,)`` of a video's background pixels (vldm_core.metrics.world's segmentation)."""
+    still = segment(video)[1]
+    return torch.stack([video[:, c][still].mean() for c in range(3)])
+
+
+def colour_sets(video):
+    """Each frame's objects' colours, as a sorted tuple (colours are unique in the world: one per object)."""
+    return [tuple(sorted(d.colour for d in found)) for found in detect(video)]
+
+
+def rollout_scores(frames, caption, first_colours, first_background):
+    """One rollout segment's pixels: do its frames still show the first window's
+    objects (by colour: a shape misread in a small soft frame is not drift) and
+    the caption's, and how far has its background drifted in colour?"""
+    colours = colour_sets(frames)
+    named = tuple(sorted(colour for colour, _ in parse_caption(caption)))
+    return {
+        "colours kept": sum(c == first_colours for c in colours) / len(colours),
+        "caption colours": sum(c == named for c in colours) / len(colours),
+        "background drift": float((background_colour(frames) - first_background).abs().mean()),
+    }
+
+
+def measure_scene(run, scene, index):
+    """Every claim's variants for one held-out scene: ``{claim: {variant: {metric: value}}}``."""
+    model, settings, caption = run.model, run.settings, scene.caption
+    key_rate, rate = model.key_frame_rate, model.key_frame_rate * 4
+    size = model.frame_size
+    results = {}
+
+    keys = run.key_frames(caption, index, model.keyframe)
+    keys_image = run.key_frames(caption, index, None)
+    results["key frames"] = {
+        "world (ground truth)": world_scores(scene.clip(keys.shape[0], key_rate, size), caption),
+        "image LDM, frame by frame": world_scores(run.decode(keys_image).cpu(), caption),
+        "Video LDM key frames": world_scores(run.decode(keys).cpu(), caption),
+    }
+
+    window, context = model.prediction.train_frames, settings.context_frames
+    new = window - context
+    first = run.decode(keys).cpu()
+    first_colours = Counter(colour_sets(first)).most_common(1)[0][0]
+    results["rollout"] = {}
+    for scale, label in ((1.0, "s = 1 (no context guidance)"), (settings.context_scale, f"s = {settings.context_scale:g}")):
+        sampler = run.sampler(caption, index + 1, scale)
+        with patched(model.unet, model.prediction):
+            video = predict_segments(keys, max(HORIZONS), window, context, sampler, stage=model.prediction.config.stage_flag(0))
+        run.progress()
+        for horizon in HORIZONS:
+            start = keys.shape[0] + (horizon - 1) * new
+            frames = run.decode(video[start : start + new]).cpu()
+            results["rollout"][f"{label}, segment {horizon}"] = rollout_scores(frames, caption, first_colours, background_colour(first))
+
+    with patched(model.unet, model.interpolation):
+        dense = interpolate(keys, keys_per_window(model.interpolation.train_frames), run.sampler(caption, index + 2, settings.context_scale), stage=model.interpolation.config.stage_flag(0))
+    run.progress()
+    held = keys.repeat_interleave(4, dim=0)[: dense.shape[0]]
+    results["interpolation"] = {
+        name: {**world_scores(video, caption), "motion evenness": motion_evenness(video)}
+        for name, video in (("world (ground truth)", scene.clip(dense.shape[0], rate, size)), ("key frames held 4x", run.decode(held).cpu()), ("4x interpolated", run.decode(dense).cpu()))
+    }
+
+    truth = scene.clip(2 * model.temporal_decoder.train_frames, rate, size)
+    encoded = run.encode(truth.to(model.device))
+    results["decoder"] = {}
+    for name, temporal in (("image decoder", False), ("temporal decoder", True)):
+        video = run.decode(encoded, temporal).cpu()
+        generated = run.decode(dense, temporal).cpu()
+        results["decoder"][name] = {
+            "psnr (world clips)": psnr(video, truth),
+            "temporal error (world clips)": temporal_error(video, truth),
+            "flicker (world clips)": world_scores(video, caption)["flicker"],
+            "flicker (generated)": world_scores(generated, caption)["flicker"],
+        }
+    run.progress()
+
+    upscaler = model.upscaler
+    if upscaler is not None:
+        high = scene.clip(2 * upscaler.layers.train_frames, rate, tuple(4 * side for side in size))
+        low = torch.nn.functional.interpolate(high, size=size, mode="area")
+        results["upscaler"] = {}
+        for name, variant in (("frame by frame", replace(upscaler, layers=None)), ("temporal upscaler", upscaler)):
+            video = upscale(variant, settings, model.text_encoder, caption, low, lambda *_: None).cpu()
+            results["upscaler"][name] = {"psnr": psnr(video, high), "temporal error": temporal_error(video, high), "flicker": world_scores(video, caption)["flicker"]}
+        run.progress()
+    return results
+
+
+TITLES = {
+    "key frames": "1. key frames, {key_rate:g} fps: temporal layers align frames",
+    "decoder": "2. decoding, {rate:g} fps: the temporal decoder removes flicker",
+    "rollout": "3. rollout: context guidance keeps long videos stable",
+    "interpolation": "4. motion at {rate:g} fps: interpolation smooths it",
+    "upscaler": "5. 4x upscaling, {rate:g} fps: temporal layers steady it",
+}
+
+
+def ticks_per_scene(model):
+    """Progress ticks of one measure_scene: two key-frame windows, two rollouts, interpolation, decoding, upscaling."""
+    return 6 + (model.upscaler is not None)
+
+
+def reproduce(model, videos=8, settings=Settings(), progress=None):
+    """Tables of every claim, means over ``videos`` held-out scenes."""
+    run = Reproduction(model, settings, progress)
+    per_video = [measure_scene(run, scene, i) for i, scene in enumerate(held_out_scenes(videos))]
+    rates = {"key_rate": model.key_frame_rate, "rate": 4 * model.key_frame_rate}
+    tables = []
+    for claim in TITLES:
+        if claim not in per_video[0]:
+            continue
+        rows = mean_rows(claim, [v[claim] for v in per_video])
+        tables.append(Table(TITLES[claim].format(**rates), tuple(rows[0].values), rows))
+    return tables
