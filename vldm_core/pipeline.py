@@ -240,7 +240,6 @@ def generate(model, prompt, settings=Settings(), progress=None):
     """A video for ``prompt``: frames ``(t, 3, H, W)`` in [-1, 1] at the size the
     bundle was trained on (4x that with the upscaler) and their frame rate.
     ``progress(steps_done, total)`` is called after every denoising step."""
-    latent_size = tuple(side // model.autoencoder.module.config.downsampling for side in model.frame_size)
     work = plan(model, settings)
     done = [0]
 
@@ -251,25 +250,30 @@ def generate(model, prompt, settings=Settings(), progress=None):
 
     with torch.no_grad():
         text, no_text = model.text_encoder([prompt]), model.text_encoder([""])
-        latents = sample_key_frames(model, work, settings, text, no_text, latent_size, step)
+        latents = sample_key_frames(model, work, settings, text, no_text, step)
         latents = interpolate_key_frames(model, settings, text, no_text, latents, step)
-        frames = decode(model, settings, latents)
+        frames = decode(model.autoencoder, model.temporal_decoder, settings, latents)
         if settings.upscale and model.upscaler is not None:
             frames = upscale(model.upscaler, settings, model.text_encoder, prompt, frames, step)
     return frames.clamp(-1, 1).cpu(), work.frame_rate
 
 
-def sample_key_frames(model, work, settings, text, no_text, latent_size, step):
+def first_window(model, layers, frames, seed, settings, text, no_text, step=None):
+    """``frames`` key frames sampled jointly from ``seed``'s noise with ``layers``
+    (the key-frame model; None: the image model, each frame on its own)."""
+    latent_size = tuple(side // model.autoencoder.module.config.downsampling for side in model.frame_size)
+    noise = torch.randn((frames, model.unet.config.in_channels, *latent_size), generator=torch.Generator().manual_seed(seed)).to(model.device)
+    with patched(model.unet, layers):
+        return sample_guided(Denoiser(model.unet, model.prediction_type), text, no_text, noise, settings.steps, settings.cfg, step)
+
+
+def sample_key_frames(model, work, settings, text, no_text, step):
     """The first window from the key-frame model, then rollout segments from the prediction model."""
-    denoiser = Denoiser(model.unet, model.prediction_type)
-    device = model.device
-    channels = model.unet.config.in_channels
-    noise = torch.randn((work.first_window, channels, *latent_size), generator=torch.Generator().manual_seed(settings.seed)).to(device)
-    with patched(model.unet, model.keyframe):
-        keys = sample_guided(denoiser, text, no_text, noise, settings.steps, settings.cfg, step)
+    keys = first_window(model, model.keyframe, work.first_window, settings.seed, settings, text, no_text, step)
     if not work.segments:
         return keys
-    sample_window = window_sampler(denoiser, text, no_text, settings.steps, settings.cfg, settings.context_scale, settings.seed + 1, device, step)
+    denoiser = Denoiser(model.unet, model.prediction_type)
+    sample_window = window_sampler(denoiser, text, no_text, settings.steps, settings.cfg, settings.context_scale, settings.seed + 1, model.device, step)
     with patched(model.unet, model.prediction):
         stage = model.prediction.config.stage_flag(0)
         video = predict_segments(keys, work.segments, model.prediction.train_frames, settings.context_frames, sample_window, stage=stage)
@@ -290,13 +294,12 @@ def interpolate_key_frames(model, settings, text, no_text, latents, step):
     return latents
 
 
-def decode(model, settings, latents):
-    """Latents -> frames with the temporal decoder in windows of its trained length (the image decoder without one)."""
-    temporal = model.temporal_decoder
+def decode(autoencoder, temporal, settings, latents):
+    """Latents -> frames with ``temporal`` decoder layers in windows of their trained length (the image decoder with None)."""
     window = temporal.train_frames if temporal is not None else 1
     overlap = min(settings.decode_overlap, window - 1)
     # each window clamped before blending, as Temporal VAE Decode's windows come out of ComfyUI's VAE
-    return decode_video(lambda z: model.autoencoder.decode(z, temporal, z.shape[0]).clamp(-1, 1), latents, window, overlap, upscale=model.autoencoder.module.config.downsampling)
+    return decode_video(lambda z: autoencoder.decode(z, temporal, z.shape[0]).clamp(-1, 1), latents, window, overlap, upscale=autoencoder.module.config.downsampling)
 
 
 def upscaler_window(upscaler):

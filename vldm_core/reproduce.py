@@ -24,11 +24,10 @@ import torch
 
 from .autoencoder import scaled_encoder
 from .metrics.world import detect, score, segment, tracks
-from .pipeline import Settings, patched, upscale
+from .pipeline import Settings, decode, first_window, patched, upscale
 from .masking import keys_per_window
 from .rollout import interpolate, predict_segments
-from .sampling import Denoiser, sample_guided, window_sampler
-from .temporal_decoder import decode_video
+from .sampling import Denoiser, window_sampler
 from .world import World, parse_caption, scene_seed
 
 HELD_OUT_SEED = 12345  # scenes of a dataset seed no training config uses
@@ -121,38 +120,29 @@ class Reproduction:
 
     def __init__(self, model, settings=Settings(), progress=None):
         self.model, self.settings = model, settings
-        self.denoiser = Denoiser(model.unet, model.prediction_type)
         self.no_text = model.text_encoder([""])
-        self.downsampling = model.autoencoder.module.config.downsampling
         self.progress = progress or (lambda: None)
 
     def text(self, prompt):
         return self.model.text_encoder([prompt])
 
     def decode(self, latents, temporal=False):
-        """Latents -> pixels, with the image decoder or the bundle's temporal decoder in its trained windows."""
-        layers = self.model.temporal_decoder if temporal else None
-        window = layers.train_frames if layers is not None else 1
-        overlap = min(self.settings.decode_overlap, window - 1)
-        decode = lambda z: self.model.autoencoder.decode(z, layers, z.shape[0]).clamp(-1, 1)  # noqa: E731
-        return decode_video(decode, latents, window, overlap, upscale=self.downsampling)
+        """Latents -> pixels, with the image decoder or the bundle's temporal decoder."""
+        return decode(self.model.autoencoder, self.model.temporal_decoder if temporal else None, self.settings, latents)
 
     def encode(self, pixels):
         return scaled_encoder(self.model.autoencoder.module, self.model.autoencoder.scale)(pixels)
 
     def key_frames(self, prompt, seed, layers):
         """The key-frame window from ``seed``'s noise, with ``layers`` (None: the image model, each frame on its own)."""
-        frames = self.model.keyframe.train_frames
-        size = tuple(side // self.downsampling for side in self.model.frame_size)
-        noise = torch.randn((frames, self.model.unet.config.in_channels, *size), generator=torch.Generator().manual_seed(seed))
-        with patched(self.model.unet, layers):
-            latents = sample_guided(self.denoiser, self.text(prompt), self.no_text, noise.to(self.model.device), self.settings.steps, self.settings.cfg)
+        latents = first_window(self.model, layers, self.model.keyframe.train_frames, seed, self.settings, self.text(prompt), self.no_text)
         self.progress()
         return latents
 
     def sampler(self, prompt, seed, context_scale):
         s = self.settings
-        return window_sampler(self.denoiser, self.text(prompt), self.no_text, s.steps, s.cfg, context_scale, seed, self.model.device)
+        denoiser = Denoiser(self.model.unet, self.model.prediction_type)
+        return window_sampler(denoiser, self.text(prompt), self.no_text, s.steps, s.cfg, context_scale, seed, self.model.device)
 
 
 def background_colour(video):
@@ -258,6 +248,7 @@ def ticks_per_scene(model):
     return 6 + (model.upscaler is not None)
 
 
+@torch.no_grad()
 def reproduce(model, videos=8, settings=Settings(), progress=None):
     """Tables of every claim, means over ``videos`` held-out scenes."""
     run = Reproduction(model, settings, progress)

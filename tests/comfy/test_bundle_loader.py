@@ -174,7 +174,7 @@ def test_keyframes_from_the_bundle_through_every_node(comfy, loader, bundle):
     decode_video = comfy.module("vldm_core.temporal_decoder").decode_video
     with torch.no_grad():
         plain = own_model.autoencoder.decode(scaled)
-        # the node clamps each window before blending windows (pipeline.decode clamps after): the same here
+        # windows of 3 with 1 shared, as the node was set, each clamped before blending (as the node and pipeline.decode do)
         temporal = decode_video(lambda z: own_model.autoencoder.decode(z, own_model.temporal_decoder, z.shape[0]).clamp(-1, 1), scaled, 3, 1)
     torch.testing.assert_close(IMAGES[plain_key], ((plain + 1) / 2).clamp(0, 1).movedim(1, -1), rtol=0, atol=1e-4)
     torch.testing.assert_close(IMAGES[temporal_key], ((temporal + 1) / 2).clamp(0, 1).movedim(1, -1), rtol=0, atol=1e-4)
