@@ -462,7 +462,7 @@ class BundleLoader(io.ComfyNode):
             outputs=[
                 io.Model.Output(display_name="MODEL", tooltip="The bundle's image UNet; Temporal UNet Patcher adds its temporal layers."),
                 io.Clip.Output(display_name="CLIP", tooltip="The bundle's caption encoder, for CLIP Text Encode (empty text is the negative it was trained with)."),
-                io.Vae.Output(display_name="VAE", tooltip="The bundle's KL-f8 autoencoder, for VAE Decode / VAE Encode and Temporal VAE Decode."),
+                io.Vae.Output(display_name="VAE", tooltip="The bundle's KL autoencoder (4x or 8x, as trained; the bundled model's is 4x), for VAE Decode / VAE Encode and Temporal VAE Decode."),
             ],
         )
 

@@ -58,7 +58,7 @@ class TemporalVAEDecode(io.ComfyNode):
             category="Video LDM",
             description="Decodes a latent video to frames with the temporally fine-tuned decoder, which removes the flicker of frame-by-frame decoding. Runs in fixed windows of frames (and optional tiles), so the result does not depend on free memory.",
             inputs=[
-                io.Vae.Input("vae", tooltip="The SD 1.x / 2.x VAE (KL-f8) the temporal decoder was trained on, or Stable Video Diffusion's VAE. It is not changed."),
+                io.Vae.Input("vae", tooltip="The VAE the temporal decoder was trained on: SD 1.x / 2.x's (KL-f8), a Video LDM bundle's (e.g. KL-f4), or Stable Video Diffusion's. It is not changed."),
                 io.Latent.Input("samples", tooltip="A latent video, one latent per frame (e.g. from the Interpolator)."),
                 io.Combo.Input(
                     "temporal_decoder",
@@ -83,7 +83,7 @@ class TemporalVAEDecode(io.ComfyNode):
         if latents.ndim != 4:
             raise ValueError(f"this LATENT has shape {tuple(latents.shape)}; Temporal VAE Decode takes a video as (frames, channels, height, width): decode a video model's 5-D latent with VAE Decode")
         if vae.latent_dim != 2:
-            raise ValueError("this VAE is a video VAE (it decodes 3-D latents, as Wan's or Hunyuan's): decode its latents with VAE Decode; Temporal VAE Decode takes SD's KL-f8 VAE or SVD's")
+            raise ValueError("this VAE is a video VAE (it decodes 3-D latents, as Wan's or Hunyuan's): decode its latents with VAE Decode; Temporal VAE Decode takes SD's KL-f8 VAE, a Video LDM bundle's or SVD's")
         if window_overlap >= window_frames:
             raise ValueError(f"window_overlap {window_overlap} must be smaller than window_frames {window_frames}")
         upscale = vae.upscale_ratio  # 8 for SD's VAE; a bundle's autoencoder may upsample less

@@ -36,7 +36,6 @@ HORIZONS = (1, 4, 16)  # rollout segments scored
 
 @dataclass
 class Row:
-    claim: str
     variant: str
     values: dict  # metric name -> mean over videos
 
@@ -62,7 +61,7 @@ def number(value):
     return f"{value:.3g}"
 
 
-def mean_rows(claim, per_video):
+def mean_rows(per_video):
     """``per_video``: one ``{variant: {metric: value}}`` per video -> Rows of the means (nan-aware)."""
     rows = []
     for variant in per_video[0]:
@@ -70,7 +69,7 @@ def mean_rows(claim, per_video):
         for metric in per_video[0][variant]:
             numbers = torch.tensor([float("nan") if v[variant][metric] is None else v[variant][metric] for v in per_video], dtype=torch.float64)
             values[metric] = float(numbers.nanmean()) if not numbers.isnan().all() else float("nan")
-        rows.append(Row(claim, variant, values))
+        rows.append(Row(variant, values))
     return rows
 
 
@@ -178,16 +177,16 @@ def measure_scene(run, scene, index):
 
     keys = run.key_frames(caption, index, model.keyframe)
     keys_image = run.key_frames(caption, index, None)
+    first = run.decode(keys).cpu()
     results["key frames"] = {
         "world (ground truth)": world_scores(scene.clip(keys.shape[0], key_rate, size), caption),
         "image LDM, frame by frame": world_scores(run.decode(keys_image).cpu(), caption),
-        "Video LDM key frames": world_scores(run.decode(keys).cpu(), caption),
+        "Video LDM key frames": world_scores(first, caption),
     }
 
     window, context = model.prediction.train_frames, settings.context_frames
     new = window - context
-    first = run.decode(keys).cpu()
-    first_colours = Counter(colour_sets(first)).most_common(1)[0][0]
+    first_colours, first_background = Counter(colour_sets(first)).most_common(1)[0][0], background_colour(first)
     results["rollout"] = {}
     for scale, label in ((1.0, "s = 1 (no context guidance)"), (settings.context_scale, f"s = {settings.context_scale:g}")):
         sampler = run.sampler(caption, index + 1, scale)
@@ -197,15 +196,16 @@ def measure_scene(run, scene, index):
         for horizon in HORIZONS:
             start = keys.shape[0] + (horizon - 1) * new
             frames = run.decode(video[start : start + new]).cpu()
-            results["rollout"][f"{label}, segment {horizon}"] = rollout_scores(frames, caption, first_colours, background_colour(first))
+            results["rollout"][f"{label}, segment {horizon}"] = rollout_scores(frames, caption, first_colours, first_background)
 
     with patched(model.unet, model.interpolation):
         dense = interpolate(keys, keys_per_window(model.interpolation.train_frames), run.sampler(caption, index + 2, settings.context_scale), stage=model.interpolation.config.stage_flag(0))
     run.progress()
     held = keys.repeat_interleave(4, dim=0)[: dense.shape[0]]
+    interpolated = {False: run.decode(dense).cpu(), True: run.decode(dense, temporal=True).cpu()}  # by the image and the temporal decoder
     results["interpolation"] = {
         name: {**world_scores(video, caption), "motion evenness": motion_evenness(video)}
-        for name, video in (("world (ground truth)", scene.clip(dense.shape[0], rate, size)), ("key frames held 4x", run.decode(held).cpu()), ("4x interpolated", run.decode(dense).cpu()))
+        for name, video in (("world (ground truth)", scene.clip(dense.shape[0], rate, size)), ("key frames held 4x", run.decode(held).cpu()), ("4x interpolated", interpolated[False]))
     }
 
     truth = scene.clip(2 * model.temporal_decoder.train_frames, rate, size)
@@ -213,12 +213,11 @@ def measure_scene(run, scene, index):
     results["decoder"] = {}
     for name, temporal in (("image decoder", False), ("temporal decoder", True)):
         video = run.decode(encoded, temporal).cpu()
-        generated = run.decode(dense, temporal).cpu()
         results["decoder"][name] = {
             "psnr (world clips)": psnr(video, truth),
             "temporal error (world clips)": temporal_error(video, truth),
             "flicker (world clips)": world_scores(video, caption)["flicker"],
-            "flicker (generated)": world_scores(generated, caption)["flicker"],
+            "flicker (generated)": world_scores(interpolated[temporal], caption)["flicker"],
         }
     run.progress()
 
@@ -258,6 +257,6 @@ def reproduce(model, videos=8, settings=Settings(), progress=None):
     for claim in TITLES:
         if claim not in per_video[0]:
             continue
-        rows = mean_rows(claim, [v[claim] for v in per_video])
+        rows = mean_rows([v[claim] for v in per_video])
         tables.append(Table(TITLES[claim].format(**rates), tuple(rows[0].values), rows))
     return tables

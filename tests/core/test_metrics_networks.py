@@ -84,6 +84,14 @@ def inception():
     return randomize(FIDInceptionV3(), seed=0)
 
 
+def assert_frechet_separates(first, second):
+    """The Fréchet distance of two feature sets is positive, and of a set with itself about 0."""
+    a, b = FeatureStats().update(first), FeatureStats().update(second)
+    different = a.frechet_distance(b)
+    assert different > 0
+    assert a.frechet_distance(a) < 1e-6 * different
+
+
 def test_inception_state_dict_is_fid_inception_v3_s_without_its_classifier(inception):
     state = inception.state_dict()
     assert set(state) == INCEPTION_KEYS and len(state) == 564  # fid_inception_v3() has 566 with fc.weight and fc.bias
@@ -115,10 +123,7 @@ def test_fid_features_are_2048_per_frame_and_give_fid_zero_to_itself(inception):
         single = inception(noise[:1])
     assert features.shape == (4, inception_module.FEATURES) == (4, 2048) and features.isfinite().all()
     torch.testing.assert_close(single[0], features[0], rtol=1e-4, atol=1e-5)
-    a, b = FeatureStats().update(features[:2]), FeatureStats().update(features[2:])
-    different = a.frechet_distance(b)
-    assert different > 0
-    assert a.frechet_distance(a) < 1e-6 * different
+    assert_frechet_separates(features[:2], features[2:])
 
 
 def test_pytorch_fid_wrapper_state_is_refused_with_the_fix(inception, tmp_path):
@@ -190,7 +195,4 @@ def test_fvd_features_are_400_time_averaged_logits_and_give_fvd_zero_to_itself(i
         single = i3d(still[1:])
     assert features.shape == (4, i3d_module.FEATURES) == (4, 400) and features.isfinite().all()
     torch.testing.assert_close(single[0], features[3], rtol=1e-4, atol=1e-5)
-    a, b = FeatureStats().update(features[:2]), FeatureStats().update(features[2:])
-    different = a.frechet_distance(b)
-    assert different > 0
-    assert a.frechet_distance(a) < 1e-6 * different
+    assert_frechet_separates(features[:2], features[2:])

@@ -64,9 +64,9 @@ def test_held_out_scenes_are_none_of_the_training_configs_scenes():
 
 
 def test_means_skip_missing_values_and_the_table_has_a_column_per_metric():
-    rows = mean_rows("c", [{"a": {"x": 1.0, "y": None}}, {"a": {"x": 3.0, "y": 2.0}}, {"a": {"x": float("nan"), "y": None}}])
-    assert rows == [Row("c", "a", {"x": 2.0, "y": 2.0})]
-    text = Table("claim", ("x", "y"), rows + [Row("c", "b", {"x": 0.12345, "y": float("nan")})]).markdown().splitlines()
+    rows = mean_rows([{"a": {"x": 1.0, "y": None}}, {"a": {"x": 3.0, "y": 2.0}}, {"a": {"x": float("nan"), "y": None}}])
+    assert rows == [Row("a", {"x": 2.0, "y": 2.0})]
+    text = Table("claim", ("x", "y"), rows + [Row("b", {"x": 0.12345, "y": float("nan")})]).markdown().splitlines()
     assert text == ["| claim | x | y |", "|---|---|---|", "| a | 2 | 2 |", "| b | 0.123 | n/a |"]
 
 

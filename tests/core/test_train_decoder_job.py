@@ -7,7 +7,6 @@ Temporal VAE Decode loads."""
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 from vldm_core.autoencoder import AutoencoderConfig, AutoencoderKL
 from vldm_core.temporal import TemporalConfig, TemporalLayers
@@ -17,24 +16,18 @@ from vldm_core.train.discriminator import VideoDiscriminator
 from vldm_core.train.loop import TrainConfig, load_checkpoint_weights, train
 from vldm_core.weights import load_temporal_layers
 
-from tiny_models import ToyPerceptual, checkpointed_gradients_agree
+from tiny_models import checkpointed_gradients_agree, SeededVideos, ToyPerceptual
 from train_toys import assert_two_ranks_match_one_process, log_of
 
 FRAMES, SIZE = 4, 16
 
 
-class ColourCastClips(Dataset):
+class ColourCastClips(SeededVideos):
     """Pixel videos in [-1, 1] as data.VideoClips serves them: a smooth pattern
     moving a pixel per frame, under a colour cast of its own per video."""
 
-    def __init__(self, videos=16, seed=0):
-        self.videos, self.seed = videos, seed
-
-    def __len__(self):
-        return self.videos
-
     def __getitem__(self, index):
-        g = torch.Generator().manual_seed(self.seed * 1000 + index)
+        g = self.generator(index)
         pattern = F.interpolate(torch.randn(1, 3, 4, 4, generator=g), size=SIZE, mode="bilinear")[0]
         cast = torch.rand(3, 1, 1, generator=g) * 0.6
         return {"pixels": (torch.stack([pattern.roll(k, dims=-1) for k in range(FRAMES)]) * 0.5 + cast).tanh(), "caption": "colours"}

@@ -8,7 +8,6 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 from vldm_core.autoencoder import AutoencoderConfig, AutoencoderKL, posterior
 from vldm_core.model_files import load_model
@@ -26,7 +25,7 @@ from vldm_core.train.image_jobs import (
 from vldm_core.train.loop import TrainConfig, load_checkpoint_weights, train
 from vldm_core.unet_layout import find_layout, inject
 
-from tiny_models import ToyPerceptual, TINY, tiny_unet
+from tiny_models import SeededVideos, TINY, tiny_unet, ToyPerceptual
 
 FRAMES, SIZE, LATENT = 2, 32, 8
 TINY_AE = AutoencoderConfig(ch=8, ch_mult=(1, 2, 2, 4), norm_groups=8)
@@ -34,32 +33,20 @@ TINY_TEXT = TextEncoderConfig(vocab=64, max_tokens=4, dim=TINY.context_dim, laye
 SHAPES = ("square", "disc")
 
 
-class SmoothFrames(Dataset):
+class SmoothFrames(SeededVideos):
     """Pixel videos in [-1, 1] whose frames are independent smooth random images."""
 
-    def __init__(self, videos=16, seed=0):
-        self.videos, self.seed = videos, seed
-
-    def __len__(self):
-        return self.videos
-
     def __getitem__(self, index):
-        g = torch.Generator().manual_seed(self.seed * 1000 + index)
+        g = self.generator(index)
         frames = F.interpolate(torch.randn(FRAMES, 3, 4, 4, generator=g), size=SIZE, mode="bilinear")
         return {"pixels": (frames * 0.8).tanh(), "caption": "smooth colours"}
 
 
-class ShapeLatents(Dataset):
+class ShapeLatents(SeededVideos):
     """Latent videos of a shape its caption names, at a random place per frame."""
 
-    def __init__(self, videos=16, seed=0):
-        self.videos, self.seed = videos, seed
-
-    def __len__(self):
-        return self.videos
-
     def __getitem__(self, index):
-        g = torch.Generator().manual_seed(self.seed * 1000 + index)
+        g = self.generator(index)
         shape = SHAPES[index % 2]
         y, x = torch.meshgrid(torch.arange(LATENT), torch.arange(LATENT), indexing="ij")
         frames = []

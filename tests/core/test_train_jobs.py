@@ -4,7 +4,6 @@ back to the very same model."""
 
 import pytest
 import torch
-from torch.utils.data import Dataset
 
 from vldm_core.temporal import TemporalConfig, TemporalLayers
 from vldm_core.train.jobs import TemporalLayersJob
@@ -12,23 +11,17 @@ from vldm_core.train.loop import TrainConfig, load_checkpoint_weights, train
 from vldm_core.unet_layout import eject, find_layout, inject
 from vldm_core.weights import load_temporal_layers, save_temporal_layers
 
-from tiny_models import TINY, checkpointed_gradients_agree, tiny_unet
+from tiny_models import checkpointed_gradients_agree, SeededVideos, TINY, tiny_unet
 
 FRAMES, SIZE = 5, 8
 
 
-class MovingPatterns(Dataset):
+class MovingPatterns(SeededVideos):
     """Latent videos whose frames are one random pattern shifted a pixel per frame:
     each frame is predictable from its neighbours, not from itself."""
 
-    def __init__(self, videos=16, seed=0):
-        self.seed, self.videos = seed, videos
-
-    def __len__(self):
-        return self.videos
-
     def __getitem__(self, index):
-        pattern = torch.randn(TINY.in_channels, SIZE, SIZE, generator=torch.Generator().manual_seed(self.seed * 1000 + index))
+        pattern = torch.randn(TINY.in_channels, SIZE, SIZE, generator=self.generator(index))
         return {"latents": torch.stack([pattern.roll(k, dims=-1) for k in range(FRAMES)]), "caption": "a pattern moving right"}
 
 

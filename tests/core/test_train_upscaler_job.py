@@ -8,7 +8,6 @@ from dataclasses import replace
 import pytest
 import torch
 from einops import rearrange
-from torch.utils.data import Dataset
 
 from vldm_core.temporal import TemporalConfig, TemporalLayers
 from vldm_core.train.loop import TrainConfig, load_checkpoint_weights, train
@@ -17,7 +16,7 @@ from vldm_core.sampling import alphas_cumprod
 from vldm_core.unet_layout import eject, find_layout, inject
 from vldm_core.weights import load_temporal_layers
 
-from tiny_models import TINY, tiny_unet
+from tiny_models import SeededVideos, TINY, tiny_unet
 from train_toys import assert_two_ranks_match_one_process
 
 X4_TINY = replace(TINY, in_channels=TINY.out_channels + 3, num_classes=351)
@@ -25,18 +24,12 @@ FRAMES, SIZE = 4, 12
 ALPHA_BAR = alphas_cumprod(**X4_SCHEDULE)
 
 
-class MovingLowRes(Dataset):
+class MovingLowRes(SeededVideos):
     """High-res latents: a random pattern moving a pixel per frame; low-res frames:
     a squashed copy of three of its channels, at the latents' size."""
 
-    def __init__(self, videos=16, seed=0):
-        self.videos, self.seed = videos, seed
-
-    def __len__(self):
-        return self.videos
-
     def __getitem__(self, index):
-        pattern = torch.randn(TINY.out_channels, SIZE, SIZE, generator=torch.Generator().manual_seed(self.seed * 1000 + index))
+        pattern = torch.randn(TINY.out_channels, SIZE, SIZE, generator=self.generator(index))
         latents = torch.stack([pattern.roll(k, dims=-1) for k in range(FRAMES)])
         return {"latents": latents, "low_res": latents[:, :3].tanh(), "caption": "a pattern moving right"}
 

@@ -4,6 +4,7 @@ import av
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from vldm_core.temporal import TemporalLayers
 from vldm_core.unet import UNetConfig, UNetModel
@@ -133,3 +134,18 @@ def write_tiny_bundle(folder, frame_size=(32, 32), key_frame_rate=2.0, upscaler=
                      upscaler_layers=layers("upscaler_layers.safetensors", find_layout(up), ("upscaler",), 3, TemporalConfig(norm_groups=8), "v"))
     write_bundle(folder, files, key_frame_rate, frame_size)
     return folder
+
+
+class SeededVideos(Dataset):
+    """``videos`` samples, sample ``index`` drawn from its own generator
+    (``generator(index)``), so a dataset is the same in every process and
+    epoch: the toy training data of the job tests subclass it with ``__getitem__``."""
+
+    def __init__(self, videos=16, seed=0):
+        self.videos, self.seed = videos, seed
+
+    def __len__(self):
+        return self.videos
+
+    def generator(self, index):
+        return torch.Generator().manual_seed(self.seed * 1000 + index)
