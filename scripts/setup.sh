@@ -2,7 +2,8 @@
 # Installs what the pack, its tests and its CLI need into the current Python.
 # torch: an installed one is kept; otherwise the CPU build 2.13.0 (an unpinned
 # torch would pull several GB of CUDA packages). With COMFYUI_PATH set, also
-# ComfyUI's requirements, with torch pinned to the installed version.
+# ComfyUI's requirements, with torch pinned to the installed version, and
+# playwright for the frontend tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -24,4 +25,6 @@ PY
   grep -v -E '^(torch|torchvision|torchaudio)\s*$' "$COMFYUI_PATH/requirements.txt" > "$constraints.req"
   pip_install -c "$constraints" -r "$constraints.req" torchvision
   rm -f "$constraints" "$constraints.req"
+  # The frontend tests drive the system's Chromium with playwright (which downloads no browser).
+  pip_install "playwright>=1.40"
 fi

@@ -31,42 +31,15 @@ import uuid
 
 import pytest
 
+from cpu_comfyui import PACK_NAME, tolerate_missing_torchvision_ops
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PACK_NAME = "ComfyUI-VideoLDM"
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
 CLIENT_ID = "vldm-tests"
 
 if not os.path.isfile(os.path.join(COMFYUI_PATH, "comfy", "model_management.py")):
     collect_ignore_glob = ["test_*.py"]
     print(f"tests/comfy skipped: COMFYUI_PATH={COMFYUI_PATH!r} is not a ComfyUI checkout", file=sys.stderr)
-
-
-def _tolerate_missing_torchvision_ops():
-    """The registry's torchvision is a CUDA build; with CPU torch its fake-kernel
-    registrations name ops that did not load. ComfyUI needs only its transforms."""
-    import torch.library
-
-    real = torch.library.register_fake
-
-    def tolerant(register):
-        def apply(fn):
-            try:
-                return register(fn)
-            except RuntimeError:  # the op's C++ kernel is missing from this torchvision build
-                return fn
-
-        return apply
-
-    def register_fake(op, func=None, /, **kwargs):
-        if func is not None:
-            return tolerant(lambda fn: real(op, fn, **kwargs))(func)
-        return tolerant(real(op, **kwargs))
-
-    torch.library.register_fake = register_fake
-    try:
-        import torchvision  # noqa: F401
-    finally:
-        torch.library.register_fake = real
 
 
 class ServerStub:
@@ -277,7 +250,7 @@ class RunResult:
 class Comfy:
     def __init__(self):
         sys.path.insert(0, COMFYUI_PATH)
-        _tolerate_missing_torchvision_ops()
+        tolerate_missing_torchvision_ops()
         import torch
 
         # The test tensors are tiny: intra-op threads only cost here, and on a shared
@@ -287,6 +260,9 @@ class Comfy:
 
         comfy.cli_args.args.cpu = True
         comfy.cli_args.args.disable_all_custom_nodes = False
+        # ComfyUI's utils package, imported before nodes.py puts comfy/ (with its utils.py) first
+        # on sys.path, as main.py does; the server module, which Save Video's neighbours import, needs it.
+        import utils.install_util  # noqa: F401
         import execution
         import folder_paths
         import nodes
@@ -300,6 +276,8 @@ class Comfy:
         os.makedirs(custom_nodes)
         self.pack_dir = os.path.join(custom_nodes, PACK_NAME)
         os.symlink(REPO, self.pack_dir)
+        # The comfy_extras nodes (Save Video, Create Video, ...) that the shipped workflows use, as a server loads them.
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
         self.loaded = asyncio.run(nodes.load_custom_node(self.pack_dir))
         self.add_nodes(TEST_NODES)
         # One executor for the session, as ComfyUI's prompt worker has, with its default cache.
