@@ -15,17 +15,20 @@ class Interpolator4x(io.ComfyNode):
             node_id="VLDM_Interpolator4x",
             display_name="4x Interpolator",
             category="Video LDM",
-            description="Fills 3 frames between each pair of key frames (N -> 4N - 3), or does it twice for 16x; key frames stay unchanged in their places.",
+            description=(
+                "Makes a video denser (the paper's interpolation model): fills 3 frames between each pair of key frames (N -> 4N - 3), "
+                "or does it twice for 16x; key frames stay unchanged in their places and the frame rate is multiplied."
+            ),
             inputs=[
-                io.Model.Input("model", tooltip="A MODEL patched with temporal layers trained for interpolation."),
-                io.Conditioning.Input("positive"),
-                io.Conditioning.Input("negative"),
-                io.Latent.Input("key_frames", tooltip="Key frames, e.g. from the Keyframe Sampler or the Masked Predictor."),
-                io.Combo.Input("multiplier", options=list(MULTIPLIERS), default="4", tooltip="4: N -> 4N - 3 frames; 16: two passes, N -> 16N - 15."),
-                io.Float.Input("context_guidance", default=1.0, min=0.0, max=10.0, step=0.1, tooltip="Guidance towards the key frames; 1 is plain conditioning."),
+                io.Model.Input("model", tooltip="A MODEL from Temporal UNet Patcher, with temporal layers trained for interpolation (they take key frames as context)."),
+                io.Conditioning.Input("positive", tooltip="What the video shows: the text prompt, usually the one the key frames were sampled with."),
+                io.Conditioning.Input("negative", tooltip="What the video should not show: the negative prompt."),
+                io.Latent.Input("key_frames", tooltip="The key frames to fill in between, a latent video (e.g. from the Keyframe Sampler or the Masked Predictor)."),
+                io.Combo.Input("multiplier", options=list(MULTIPLIERS), default="4", tooltip="Frame-rate multiplier. 4: one pass, N -> 4N - 3 frames; 16: two passes of the same model, N -> 16N - 15 frames."),
+                io.Float.Input("context_guidance", default=1.5, min=0.0, max=10.0, step=0.1, tooltip="Context guidance scale s towards the key frames, in f(z) + s * (f(z; c) - f(z)): 1 is plain conditioning on them; above 1 follows them more closely, at one more model pass per step."),
                 *sampler_inputs(),
             ],
-            outputs=[io.Latent.Output(display_name="LATENT", tooltip="The denser video; its frame_rate, where known, is multiplied.")],
+            outputs=[io.Latent.Output(display_name="LATENT", tooltip="The denser latent video, key frames in their places; its frame_rate, where known, is multiplied by 4 or 16.")],
         )
 
     @classmethod

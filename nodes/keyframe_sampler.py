@@ -29,18 +29,21 @@ class KeyframeSampler(io.ComfyNode):
             node_id="VLDM_KeyframeSampler",
             display_name="Keyframe Sampler",
             category="Video LDM",
-            description="Samples the key frames of a video: all frames are denoised together, so the temporal layers make them one coherent clip.",
+            description=(
+                "Samples the key frames of a video from text: all frames are denoised together, so the temporal layers make them one coherent clip. "
+                "Make the video longer with the Masked Predictor, denser with the 4x Interpolator, and decode it with Temporal VAE Decode."
+            ),
             inputs=[
-                io.Model.Input("model", tooltip="A MODEL from Temporal UNet Patcher."),
-                io.Conditioning.Input("positive", tooltip="What the video shows."),
-                io.Conditioning.Input("negative", tooltip="What it should not show."),
-                io.Int.Input("frames", default=16, min=1, max=1024, tooltip="Number of key frames; at most what the temporal layers were trained on."),
+                io.Model.Input("model", tooltip="A MODEL from Temporal UNet Patcher, with temporal layers trained for key frames."),
+                io.Conditioning.Input("positive", tooltip="What the video shows: the text prompt, from CLIP Text Encode."),
+                io.Conditioning.Input("negative", tooltip="What the video should not show: the negative prompt, from CLIP Text Encode."),
+                io.Int.Input("frames", default=16, min=1, max=1024, tooltip="Number of key frames, denoised together as one clip; at most the number the temporal layers were trained on."),
                 io.Int.Input("width", default=512, min=16, max=nodes.MAX_RESOLUTION, step=8, tooltip="Frame width in pixels (multiple of 8)."),
                 io.Int.Input("height", default=320, min=16, max=nodes.MAX_RESOLUTION, step=8, tooltip="Frame height in pixels (multiple of 8)."),
-                io.Float.Input("frame_rate", default=8.0, min=0.1, max=240.0, step=0.1, tooltip="Frames per second of the key frames (the rate the temporal layers were trained at); the 4x Interpolator multiplies it and Temporal VAE Decode passes it on."),
+                io.Float.Input("frame_rate", default=8.0, min=0.1, max=240.0, step=0.001, tooltip="Frames per second of the key frames: the rate the temporal layers were trained at (the paper's key frames: 1.875). The 4x Interpolator multiplies it, Temporal VAE Decode gives it to the VIDEO."),
                 *sampler_inputs(),
             ],
-            outputs=[io.Latent.Output(display_name="LATENT", tooltip="The key frames, one latent per frame in the batch axis, with their frame_rate.")],
+            outputs=[io.Latent.Output(display_name="LATENT", tooltip="The key frames as a latent video (one latent per frame in the batch axis), with their frame_rate: for the Masked Predictor, the 4x Interpolator or Temporal VAE Decode.")],
         )
 
     @classmethod

@@ -59,21 +59,21 @@ class TemporalVAEDecode(io.ComfyNode):
             description="Decodes a latent video to frames with the temporally fine-tuned decoder, which removes the flicker of frame-by-frame decoding. Runs in fixed windows of frames (and optional tiles), so the result does not depend on free memory.",
             inputs=[
                 io.Vae.Input("vae", tooltip="The VAE the temporal decoder was trained on: SD 1.x / 2.x's (KL-f8), a Video LDM bundle's (e.g. KL-f4), or Stable Video Diffusion's. It is not changed."),
-                io.Latent.Input("samples", tooltip="A latent video, one latent per frame (e.g. from the Interpolator)."),
+                io.Latent.Input("samples", tooltip="A latent video, one latent per frame (e.g. from the 4x Interpolator, the Masked Predictor or the Keyframe Sampler)."),
                 io.Combo.Input(
                     "temporal_decoder",
                     options=[IMAGE_DECODER] + folder_paths.get_filename_list(DECODER_FOLDER),
                     tooltip="A temporal-decoder file from models/temporal_decoders, trained for this VAE; 'none' decodes with the VAE's own decoder (frame by frame for SD, temporally for SVD).",
                 ),
-                io.Int.Input("window_frames", default=16, min=1, max=4096, tooltip="Frames decoded together; the temporal decoder sees this many neighbours."),
-                io.Int.Input("window_overlap", default=4, min=0, max=4095, tooltip="Frames shared by neighbouring windows, blended to hide the seams."),
-                io.Int.Input("tile_size", default=0, min=0, max=8192, step=64, tooltip="Decode in square tiles of this many pixels (a multiple of 64); 0 decodes whole frames."),
-                io.Int.Input("tile_overlap", default=64, min=0, max=4096, step=8, tooltip="Pixels shared by neighbouring tiles, blended."),
-                io.Float.Input("frame_rate", default=8.0, min=0.1, max=240.0, step=0.1, tooltip="Frames per second of the VIDEO where the latent carries none (the Keyframe Sampler and Interpolator set it)."),
+                io.Int.Input("window_frames", default=16, min=1, max=4096, tooltip="Frames decoded together as one window; the temporal decoder sees this many neighbours. Lower it to use less memory."),
+                io.Int.Input("window_overlap", default=4, min=0, max=4095, tooltip="Frames shared by neighbouring windows, blended to hide the seams; smaller than window_frames."),
+                io.Int.Input("tile_size", default=0, min=0, max=8192, step=64, tooltip="Decode in square tiles of this many output pixels (a multiple of 64) to use less memory; 0 decodes whole frames."),
+                io.Int.Input("tile_overlap", default=64, min=0, max=4096, step=8, tooltip="Output pixels shared by neighbouring tiles, blended to hide the seams; smaller than tile_size. Unused when tile_size is 0."),
+                io.Float.Input("frame_rate", default=8.0, min=0.1, max=240.0, step=0.001, tooltip="Frames per second of the VIDEO, used only where the latent carries none (the Keyframe Sampler sets one, the 4x Interpolator multiplies it)."),
             ],
             outputs=[
-                io.Image.Output(display_name="IMAGE", tooltip="The decoded frames."),
-                io.Video.Output(display_name="VIDEO", tooltip="The frames with their frame rate, for Save Video."),
+                io.Image.Output(display_name="IMAGE", tooltip="The decoded frames as an IMAGE batch, one image per frame."),
+                io.Video.Output(display_name="VIDEO", tooltip="The decoded frames with their frame rate, for Save Video."),
             ],
         )
 

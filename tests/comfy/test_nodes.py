@@ -2,9 +2,12 @@
 
 Prompts go through ComfyUI's validation and executor (see conftest.py); the
 model-level checks drive ComfyUI's own sampling entry points on the MODELs the
-nodes produce.
+nodes produce. The last tests check every node of the pack as a user meets it
+in the frontend: stable IDs, one menu, names, descriptions, tooltips, ranges.
 """
 
+import asyncio
+import math
 import os
 
 import pytest
@@ -416,3 +419,128 @@ def test_cancel_stops_sampling_inside_the_temporal_layers(comfy, bridge, layer_f
     finally:
         mm.interrupt_current_processing(False)
     assert len(calls) == 1, "sampling must stop at the next layer, not finish the step"
+
+
+# ------------------------------------------------------- the nodes as users see them
+
+# Workflows store a node by its ID (class_type in the API format, type in the
+# UI format): renaming or removing one breaks every workflow shared with it.
+NODE_IDS = {
+    "VLDM_BundleLoader",
+    "VLDM_BundleUpscalerLoader",
+    "VLDM_TemporalUNetPatcher",
+    "VLDM_KeyframeSampler",
+    "VLDM_MaskedPredictor",
+    "VLDM_Interpolator4x",
+    "VLDM_TemporalVAEDecode",
+    "VLDM_VideoUpscaler",
+}
+MENU = "Video LDM"
+# Rates a frame_rate widget must take as typed: the paper's key frames (1.875 fps,
+# x4 -> 7.5, x16 -> 30), the bundled model's (2) and the NTSC rates.
+FRAME_RATES = (1.875, 2.0, 7.5, 23.976, 29.97, 30.0)
+
+
+def pack_node_classes(comfy):
+    """The pack's node classes as ComfyUI registered them (the test-only VLDMTest_ nodes left out)."""
+    return {node_id: cls for node_id, cls in comfy.nodes.NODE_CLASS_MAPPINGS.items() if node_id.startswith("VLDM_")}
+
+
+def node_info(comfy, node_id):
+    """What ComfyUI's /object_info sends the frontend for the node."""
+    classes = pack_node_classes(comfy)
+    if node_id not in classes:
+        pytest.fail(f"{node_id} is not registered (see test_node_ids_are_stable)")
+    return classes[node_id].GET_NODE_INFO_V1()
+
+
+def input_specs(info):
+    """(name, type, options) of every required and optional input."""
+    for section in ("required", "optional"):
+        for name, spec in info["input"].get(section, {}).items():
+            options = spec[1] if len(spec) > 1 else {}
+            kind = "COMBO" if isinstance(spec[0], list) else spec[0]
+            yield name, kind, options
+
+
+def frontend_float(value, options):
+    """A FLOAT widget's value after the frontend's rounding (comfyui-frontend's
+    useFloatWidget / onFloatValueChange with the default settings): to the
+    decimals of `step`, or to `round` where the node sets it, but never to more
+    decimals than `step` has."""
+    step = options.get("step", 0.5)
+    decimals = max(0, -math.floor(math.log10(step)))
+    unit = options.get("round") or 10.0**-decimals
+    return round(round(value / unit) * unit, decimals)
+
+
+def test_node_ids_are_stable(comfy):
+    registered = set(pack_node_classes(comfy))
+    assert registered == NODE_IDS, (
+        f"the pack's node IDs changed (added {sorted(registered - NODE_IDS)}, gone {sorted(NODE_IDS - registered)}): "
+        "workflows store nodes by ID, so shared workflows using a renamed or removed ID no longer load. "
+        "Keep the old IDs; list a new node here."
+    )
+    listed = asyncio.run(comfy.module("nodes").VideoLDMExtension().get_node_list())
+    assert {cls.GET_SCHEMA().node_id for cls in listed} == NODE_IDS
+    for node_id, cls in pack_node_classes(comfy).items():
+        assert cls.GET_SCHEMA().node_id == node_id
+
+
+@pytest.mark.parametrize("node_id", sorted(NODE_IDS))
+def test_node_is_named_described_and_in_the_menu(comfy, node_id):
+    info = node_info(comfy, node_id)
+    assert info["name"] == node_id
+    assert info["display_name"] and info["display_name"].strip() and info["display_name"] != node_id, "set a display_name for the node"
+    assert comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS[node_id] == info["display_name"]
+    assert info["description"] and len(info["description"].split()) >= 5, "give the node a description (shown when hovering over it)"
+    assert info["category"] == MENU or info["category"].startswith(MENU + "/"), f"category {info['category']!r}: put every node of the pack under the {MENU!r} menu"
+
+
+@pytest.mark.parametrize("node_id", sorted(NODE_IDS))
+def test_every_input_and_output_has_a_tooltip_and_every_output_a_name(comfy, node_id):
+    info = node_info(comfy, node_id)
+    inputs = list(input_specs(info))
+    assert inputs, "a node of the pack without inputs?"
+    untipped = [name for name, _, options in inputs if not (options.get("tooltip") or "").strip()]
+    assert not untipped, f"{node_id}: inputs without a tooltip: {untipped}"
+
+    schema = pack_node_classes(comfy)[node_id].GET_SCHEMA()  # registered: node_info checked
+    assert schema.outputs, f"{node_id} has no outputs"
+    assert len(info["output_name"]) == len(info["output_tooltips"]) == len(schema.outputs)
+    for output, name, tooltip in zip(schema.outputs, info["output_name"], info["output_tooltips"]):
+        assert output.display_name and name == output.display_name, f"{node_id}: name the {output.io_type} output (display_name=)"
+        assert tooltip and tooltip.strip(), f"{node_id}: the {name} output has no tooltip"
+
+
+@pytest.mark.parametrize("node_id", sorted(NODE_IDS))
+def test_numeric_inputs_have_sensible_ranges_and_steps(comfy, node_id):
+    info = node_info(comfy, node_id)
+    for name, kind, options in input_specs(info):
+        where = f"{node_id}.{name}"
+        if kind == "COMBO":
+            choices = options.get("options", [])
+            if "default" in options:
+                assert options["default"] in choices, f"{where}: default {options['default']!r} is not one of its options"
+            continue
+        if kind not in ("INT", "FLOAT"):
+            continue
+        assert {"default", "min", "max"} <= set(options), f"{where}: give it a default, min and max"
+        low, high, default = options["min"], options["max"], options["default"]
+        assert low < high, f"{where}: min {low} is not below max {high}"
+        assert low <= default <= high, f"{where}: default {default} outside [{low}, {high}]"
+        step = options.get("step")
+        if step is not None:
+            assert 0 < step <= high - low, f"{where}: step {step} for the range [{low}, {high}]"
+        if kind == "INT":
+            assert all(isinstance(v, int) for v in (low, high, default)), f"{where}: an INT with non-integer min/max/default"
+            if step is not None:
+                assert isinstance(step, int), f"{where}: step {step}"
+                # the frontend snaps an INT widget to min + k * step
+                assert (default - low) % step == 0, f"{where}: default {default} is not min {low} plus a multiple of step {step}"
+        else:
+            assert frontend_float(default, options) == pytest.approx(default, abs=1e-12), f"{where}: the frontend rounds the default {default} (step {step})"
+            assert options.get("round") is None or options["round"] > 0, where
+            if name == "frame_rate":
+                kept = {rate: frontend_float(rate, options) for rate in FRAME_RATES}
+                assert all(kept[rate] == pytest.approx(rate) for rate in FRAME_RATES), f"{where}: the frontend rounds typed frame rates: {kept}"
