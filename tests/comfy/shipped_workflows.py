@@ -150,7 +150,7 @@ GRAPHS = {
         *image_model(),
         *key_frames(),
         rollout((4, 0)),
-        *decoded_and_saved("frames", link("rollout", "LATENT"), NO_DECODER, "long_video", (5, 0)),
+        *decoded_and_saved("frames", link("rollout", "LATENT"), NO_DECODER, "long_video", (3, 1)),
     ],
     "3_interpolation_4x_16x": [
         note("Key frames -> 4x -> 16x interpolation",
@@ -217,7 +217,7 @@ GRAPHS = {
         *key_frames(title="Temporal layers for its base model"),
         INTERPOLATION_LAYERS,
         interpolated("interpolated", link("key_frames", "LATENT"), (4, 0)),
-        *decoded_and_saved("frames", link("interpolated", "LATENT"), NO_DECODER, "own_checkpoint", (5, 0)),
+        *decoded_and_saved("frames", link("interpolated", "LATENT"), NO_DECODER, "own_checkpoint", (3, 1)),
     ],
 }
 
@@ -254,7 +254,7 @@ def is_text_box(node_class, name):
 
 # ------------------------------------------------------------------ UI format
 
-WIDTH = {"MarkdownNote": 460, "CLIPTextEncode": 380}
+WIDTH = {"MarkdownNote": 460, "CLIPTextEncode": 380, "VLDM_BundleLoader": 380}
 COLUMN_GAP, ROW_GAP, TITLE = 60, 60, 30
 
 

@@ -544,3 +544,18 @@ def test_numeric_inputs_have_sensible_ranges_and_steps(comfy, node_id):
             if name == "frame_rate":
                 kept = {rate: frontend_float(rate, options) for rate in FRAME_RATES}
                 assert all(kept[rate] == pytest.approx(rate) for rate in FRAME_RATES), f"{where}: the frontend rounds typed frame rates: {kept}"
+
+
+SAMPLER_SETTINGS = {"seed", "steps", "cfg", "sampler_name", "scheduler"}  # the README says "sampler settings" for them
+
+
+@pytest.mark.parametrize("node_id", sorted(NODE_IDS))
+def test_readme_documents_the_node_and_its_inputs(comfy, node_id):
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")) as f:
+        rows = [line for line in f if line.startswith("|") and f"(`{node_id}`)" in line]
+    assert len(rows) == 1, f"README's node table has no row for {node_id}"
+    names = {name for name, _, _ in input_specs(node_info(comfy, node_id))}
+    undocumented = {name for name in names if f"`{name}`" not in rows[0]}
+    if "sampler settings" in rows[0]:
+        undocumented -= SAMPLER_SETTINGS
+    assert not undocumented, f"README's row for {node_id} leaves out {sorted(undocumented)}"
