@@ -111,7 +111,7 @@ def test_frontend_range_is_kept_by_the_registry():
 def test_bundled_files_ship_in_the_registry_archive():
     """The archive is the git-tracked files less .comfyignore; ``includes`` would only
     add git-ignored folders. So the bundled model must be tracked, and nothing it or
-    the workflows need may be ignored."""
+    the workflows (and their template thumbnails) need may be ignored."""
     if not (os.path.exists(os.path.join(REPO, ".git")) and shutil.which("git")):
         pytest.skip("not a git checkout: the archive is made from one")
     git = ["git", "-C", REPO]
@@ -120,7 +120,7 @@ def test_bundled_files_ship_in_the_registry_archive():
         model_files = sorted({os.path.join(bundle, name) for name in ["bundle.json", *json.load(f)["files"].values()]})
     tracked = set(subprocess.run([*git, "ls-files", "-z", bundle], capture_output=True, text=True, check=True).stdout.split("\0"))
     assert set(model_files) <= tracked, f"not git-tracked: {set(model_files) - tracked}"
-    workflows = sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "workflows", "*.json")))
+    workflows = sorted(os.path.relpath(p, REPO) for pattern in ("*.json", "*.jpg") for p in glob.glob(os.path.join(REPO, "workflows", pattern)))
     comfyignore = os.path.join(REPO, ".comfyignore")
     excludes = comfyignore if os.path.isfile(comfyignore) else os.devnull
     ignored = subprocess.run([*git, "-c", f"core.excludesFile={excludes}", "check-ignore", "--no-index", "--", *model_files, *workflows], capture_output=True, text=True)
