@@ -61,7 +61,7 @@ def server():
     port = free_port()
     log = open(os.path.join(base, "server.log"), "w+")
     process = subprocess.Popen(
-        [sys.executable, os.path.join(REPO, "tests", "comfy", "cpu_comfyui.py"), os.environ["COMFYUI_PATH"], "--cpu", "--listen", "127.0.0.1",
+        [sys.executable, os.path.join(REPO, "tests", "comfy", "cpu_comfyui.py"), os.environ.get("COMFYUI_PATH", ""), "--cpu", "--listen", "127.0.0.1",
          "--port", str(port), "--base-directory", base, "--disable-auto-launch", "--disable-api-nodes", "--database-url", "sqlite:///:memory:"],
         stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
