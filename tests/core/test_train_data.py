@@ -9,8 +9,6 @@ import json
 import os
 from fractions import Fraction
 
-import av
-import numpy as np
 import pytest
 import torch
 

@@ -5,7 +5,7 @@ the file named and the fix said. Random weights stand in for the real ones."""
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from vldm_core.train.perceptual import LPIPS, load_lpips
 from vldm_core.weights import WeightFileError

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from vldm_core.temporal import TemporalConfig, TemporalLayers
+from vldm_core.temporal import TemporalConfig
 from vldm_core.unet import UNetConfig
 from vldm_core.unet_layout import find_layout, inject
 from vldm_core.weights import FORMAT_VERSION, WeightFileError, load_temporal_layers, read_metadata, save_temporal_layers, store_as

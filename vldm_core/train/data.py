@@ -186,14 +186,14 @@ def pick_frames(timed_frames, targets, tolerance=Fraction(0)):
     (webm keeps milliseconds: frame 2 of 30 fps is at 0.067 s, not 0.0667 s).
     Raises ``VideoReadError`` if the video ends (or starts) off the clip."""
     picked, latest = [], None
-    for time, end, frame in timed_frames:
-        while len(picked) < len(targets) and time > targets[len(picked)] + tolerance:
+    for start, end, frame in timed_frames:
+        while len(picked) < len(targets) and start > targets[len(picked)] + tolerance:
             if latest is None:
-                raise SeekedPast(time)
+                raise SeekedPast(start)
             picked.append(latest[2])
         if len(picked) == len(targets):
             return picked
-        latest = time, end, frame
+        latest = start, end, frame
     while latest is not None and len(picked) < len(targets) and targets[len(picked)] < latest[1]:
         picked.append(latest[2])
     if len(picked) < len(targets):
@@ -251,8 +251,8 @@ def decode_clip(path, targets, seek):
 def shown_from_zero(timed):
     """A video's first frame is on screen from time 0, even where its timestamp
     is a little later (a decoder delay written into the file)."""
-    for number, (time, end, frame) in enumerate(timed):
-        yield (min(time, Fraction(0)) if number == 0 else time), end, frame
+    for number, (start, end, frame) in enumerate(timed):
+        yield (min(start, Fraction(0)) if number == 0 else start), end, frame
 
 
 # --- random clips -----------------------------------------------------------

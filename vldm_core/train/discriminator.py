@@ -8,7 +8,6 @@ loss sees the decoded video detached, and the decoder's adversarial loss sees
 the discriminator's weights detached, so neither loss moves the other's weights.
 """
 
-import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
