@@ -39,6 +39,7 @@ SETTINGS = {
     "Comfy.Graph.CanvasInfo": False,
 }
 PICTURES = os.path.join(REPO, "docs", "workflows")
+CANVAS = (60, 100, 1920, 1080)  # the screenshot's graph, without the frontend's side bar and menu: the thumbnail
 
 
 def free_port():
@@ -195,7 +196,7 @@ def store_pictures(name, png):
     os.makedirs(PICTURES, exist_ok=True)
     with open(os.path.join(PICTURES, f"{name}.png"), "wb") as f:
         f.write(png)
-    image = Image.open(io.BytesIO(png)).convert("RGB")
+    image = Image.open(io.BytesIO(png)).convert("RGB").crop(CANVAS)
     image.thumbnail((640, 360))
     image.save(os.path.join(FOLDER, f"{name}.jpg"), quality=85)
 
