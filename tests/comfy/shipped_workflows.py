@@ -248,10 +248,6 @@ def outputs(node_class):
     return list(zip(names, types))
 
 
-def is_text_box(node_class, name):
-    return any(n == name and options.get("multiline", False) for n, _, options, _ in input_definitions(node_class))
-
-
 # ------------------------------------------------------------------ UI format
 
 WIDTH = {"MarkdownNote": 460, "CLIPTextEncode": 380, "VLDM_BundleLoader": 380}
@@ -262,11 +258,11 @@ def size(graph_node, node_class):
     """Tall enough for every slot and widget, as the frontend draws them."""
     if graph_node.type in FRONTEND_ONLY:
         return [WIDTH[graph_node.type], 420]
-    widgets = widget_slots(node_class)
-    sockets = len(input_definitions(node_class)) - len(widgets)
-    rows = max(sockets, len(outputs(node_class)))
-    widget_rows = sum(1 + controlled for _, controlled in widgets)
-    text_boxes = sum(is_text_box(node_class, name) for name, _ in widgets)
+    definitions = input_definitions(node_class)
+    widgets = [options for _, kind, options, _ in definitions if is_widget(kind, options)]
+    rows = max(len(definitions) - len(widgets), len(outputs(node_class)))
+    widget_rows = sum(1 + bool(options.get("control_after_generate")) for options in widgets)
+    text_boxes = sum(bool(options.get("multiline")) for options in widgets)
     return [WIDTH.get(graph_node.type, 340), 16 + 22 * rows + 26 * widget_rows + 70 * text_boxes]
 
 
@@ -295,9 +291,10 @@ def build(graph, node_classes, name):
     links, nodes = [], []
     next_y = {(n.column, n.band): band_y[n.band] for n in graph}
     out_links = {n.key: {} for n in graph}
+    execution_order = order(graph)
     for n in graph:
         entry = {"id": ids[n.key], "type": n.type, "pos": [column_x[n.column], next_y[n.column, n.band]], "size": sizes[n.key],
-                 "flags": {}, "order": order(graph).index(n.key), "mode": 0, "inputs": [], "outputs": [], "properties": {"Node name for S&R": n.type}}
+                 "flags": {}, "order": execution_order.index(n.key), "mode": 0, "inputs": [], "outputs": [], "properties": {"Node name for S&R": n.type}}
         next_y[n.column, n.band] += sizes[n.key][1] + TITLE + ROW_GAP
         if n.title:
             entry["title"] = n.title
@@ -306,9 +303,9 @@ def build(graph, node_classes, name):
             entry["color"], entry["bgcolor"] = "#432", "#653"
             nodes.append(entry)
             continue
-        node_class = node_classes[n.type]
+        definitions = input_definitions(node_classes[n.type])
         values = []
-        for input_name, kind, options, required in input_definitions(node_class):
+        for input_name, kind, options, required in definitions:
             if input_name not in n.inputs:
                 if required or is_widget(kind, options):  # every shipped value is chosen, not a default by accident
                     raise ValueError(f"{name}: {n.key} ({n.type}) sets no value for {input_name}")
@@ -323,7 +320,7 @@ def build(graph, node_classes, name):
             links.append([link_id, ids[source], slot, ids[n.key], len(entry["inputs"]), str(kind)])
             entry["inputs"].append({"name": input_name, "type": str(kind), "link": link_id})
             out_links[source].setdefault(slot, []).append(link_id)
-        unknown = set(n.inputs) - {d[0] for d in input_definitions(node_class)}
+        unknown = set(n.inputs) - {d[0] for d in definitions}
         if unknown:
             raise ValueError(f"{name}: {n.key} ({n.type}) has no input {sorted(unknown)}")
         entry["widgets_values"] = values

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from prompt_parts import key
+from shipped_workflows import input_definitions
 
 FRAMES, SIZE, STEPS, CFG, SEED = 8, 32, 3, 5.0, 7
 LATENT_SHAPE = (FRAMES, 4, SIZE // 8, SIZE // 8)
@@ -446,21 +447,22 @@ def pack_node_classes(comfy):
     return {node_id: cls for node_id, cls in comfy.nodes.NODE_CLASS_MAPPINGS.items() if node_id.startswith("VLDM_")}
 
 
-def node_info(comfy, node_id):
-    """What ComfyUI's /object_info sends the frontend for the node."""
+def node_class(comfy, node_id):
     classes = pack_node_classes(comfy)
     if node_id not in classes:
         pytest.fail(f"{node_id} is not registered (see test_node_ids_are_stable)")
-    return classes[node_id].GET_NODE_INFO_V1()
+    return classes[node_id]
 
 
-def input_specs(info):
-    """(name, type, options) of every required and optional input."""
-    for section in ("required", "optional"):
-        for name, spec in info["input"].get(section, {}).items():
-            options = spec[1] if len(spec) > 1 else {}
-            kind = "COMBO" if isinstance(spec[0], list) else spec[0]
-            yield name, kind, options
+def node_info(comfy, node_id):
+    """What ComfyUI's /object_info sends the frontend for the node."""
+    return node_class(comfy, node_id).GET_NODE_INFO_V1()
+
+
+def input_specs(comfy, node_id):
+    """(name, type, options) of every required and optional input, as the workflows lay them out."""
+    return [(name, "COMBO" if isinstance(kind, list) else kind, options)
+            for name, kind, options, _ in input_definitions(node_class(comfy, node_id))]
 
 
 def frontend_float(value, options):
@@ -500,12 +502,12 @@ def test_node_is_named_described_and_in_the_menu(comfy, node_id):
 @pytest.mark.parametrize("node_id", sorted(NODE_IDS))
 def test_every_input_and_output_has_a_tooltip_and_every_output_a_name(comfy, node_id):
     info = node_info(comfy, node_id)
-    inputs = list(input_specs(info))
+    inputs = input_specs(comfy, node_id)
     assert inputs, "a node of the pack without inputs?"
     untipped = [name for name, _, options in inputs if not (options.get("tooltip") or "").strip()]
     assert not untipped, f"{node_id}: inputs without a tooltip: {untipped}"
 
-    schema = pack_node_classes(comfy)[node_id].GET_SCHEMA()  # registered: node_info checked
+    schema = node_class(comfy, node_id).GET_SCHEMA()
     assert schema.outputs, f"{node_id} has no outputs"
     assert len(info["output_name"]) == len(info["output_tooltips"]) == len(schema.outputs)
     for output, name, tooltip in zip(schema.outputs, info["output_name"], info["output_tooltips"]):
@@ -515,8 +517,7 @@ def test_every_input_and_output_has_a_tooltip_and_every_output_a_name(comfy, nod
 
 @pytest.mark.parametrize("node_id", sorted(NODE_IDS))
 def test_numeric_inputs_have_sensible_ranges_and_steps(comfy, node_id):
-    info = node_info(comfy, node_id)
-    for name, kind, options in input_specs(info):
+    for name, kind, options in input_specs(comfy, node_id):
         where = f"{node_id}.{name}"
         if kind == "COMBO":
             choices = options.get("options", [])
@@ -554,7 +555,7 @@ def test_readme_documents_the_node_and_its_inputs(comfy, node_id):
     with open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")) as f:
         rows = [line for line in f if line.startswith("|") and f"(`{node_id}`)" in line]
     assert len(rows) == 1, f"README's node table has no row for {node_id}"
-    names = {name for name, _, _ in input_specs(node_info(comfy, node_id))}
+    names = {name for name, _, _ in input_specs(comfy, node_id)}
     undocumented = {name for name in names if f"`{name}`" not in rows[0]}
     if "sampler settings" in rows[0]:
         undocumented -= SAMPLER_SETTINGS

@@ -144,25 +144,32 @@ def test_requirements_txt_matches_pyproject():
     assert all(not r.marker and not r.url and not r.extras for r in in_txt.values())
 
 
+def import_statements(package):
+    """(path, node) of every import statement in ``package``'s code, function-level (lazy) ones included."""
+    for path in glob.glob(os.path.join(REPO, package, "**", "*.py"), recursive=True):
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                yield path, node
+
+
 def third_party_imports():
     """{top-level module: [where]} for every absolute import in the pack's code,
-    function-level (lazy) imports included, standard library and ComfyUI left out."""
+    standard library and ComfyUI left out."""
     found = {}
     for package in PACKAGES:
-        for path in glob.glob(os.path.join(REPO, package, "**", "*.py"), recursive=True):
-            with open(path, encoding="utf-8") as f:
-                tree = ast.parse(f.read(), path)
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Import):
-                    names = [alias.name for alias in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                    names = [node.module]
-                else:
-                    continue
-                for name in names:
-                    top = name.split(".")[0]
-                    if top not in sys.stdlib_module_names and top not in COMFYUI_MODULES and top not in PACKAGES:
-                        found.setdefault(top, []).append(f"{os.path.relpath(path, REPO)}:{node.lineno}")
+        for path, node in import_statements(package):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in COMFYUI_MODULES and top not in PACKAGES:
+                    found.setdefault(top, []).append(f"{os.path.relpath(path, REPO)}:{node.lineno}")
     return found
 
 
@@ -245,12 +252,9 @@ def check_import(report, what):
 def modules_the_nodes_use():
     """vldm_core modules imported by nodes/ (``from ..vldm_core.x import ...``)."""
     modules = {"vldm_core"}
-    for path in glob.glob(os.path.join(REPO, "nodes", "*.py")):
-        with open(path, encoding="utf-8") as f:
-            tree = ast.parse(f.read(), path)
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.level == 2 and (node.module or "").startswith("vldm_core"):
-                modules.add(node.module)
+    for _, node in import_statements("nodes"):
+        if isinstance(node, ast.ImportFrom) and node.level == 2 and (node.module or "").startswith("vldm_core"):
+            modules.add(node.module)
     return sorted(modules)
 
 
