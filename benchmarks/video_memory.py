@@ -55,7 +55,7 @@ def build(args):
     config = UNetConfig(model_channels=args.channels, channel_mult=(1, 2, 2), num_res_blocks=1, attention_levels=(1, 2), head_dim=32, context_dim=64)
     unet = UNetModel(config).eval()
     layers = TemporalLayers(find_layout(unet), TemporalConfig(context_latent_channels=config.in_channels, interpolation_stage=True))
-    inject(unet, layers.by_site())
+    inject(unet, layers)
     return unet.to(args.device)
 
 
@@ -112,7 +112,7 @@ def upscale_job(args, length, device, store):
     torch.manual_seed(0)
     config = UNetConfig(in_channels=7, model_channels=args.channels, channel_mult=(1, 2, 2), num_res_blocks=1, attention_levels=(1, 2), head_dim=32, context_dim=64)
     unet = UNetModel(config).eval()
-    inject(unet, TemporalLayers(find_layout(unet)).by_site())
+    inject(unet, TemporalLayers(find_layout(unet)))
     unet.to(device)
     sigmas = sampling_sigmas(discrete_sigmas(), args.steps).to(device)
     text = torch.randn(1, 16, 64, device=device)

@@ -13,6 +13,7 @@ import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
@@ -150,7 +151,7 @@ def load_bundle(folder, device="cpu"):
     unet, unet_meta = model("unet", "unet")
     prediction_type = unet_meta.get("prediction_type", "eps")
     ae, ae_meta = model("autoencoder", "autoencoder")
-    layout = find_layout(unet)
+    layout = partial(find_layout, unet)
 
     def layers(name, layout=layout, target="MODEL", prediction_type=prediction_type):
         if name not in files:
@@ -162,7 +163,7 @@ def load_bundle(folder, device="cpu"):
         up_unet, up_meta = model("upscaler_unet", "unet")
         up_ae, up_ae_meta = model("upscaler_autoencoder", "autoencoder")
         up_type = up_meta.get("prediction_type", "v")
-        upscaler = Upscaler(up_unet, Autoencoder(up_ae, float(up_ae_meta.get("latent_scale", 1.0))), layers("upscaler_layers", find_layout(up_unet), prediction_type=up_type), up_type)
+        upscaler = Upscaler(up_unet, Autoencoder(up_ae, float(up_ae_meta.get("latent_scale", 1.0))), layers("upscaler_layers", partial(find_layout, up_unet), prediction_type=up_type), up_type)
     return VideoLDM(
         text_encoder=model("text_encoder", "text_encoder")[0],
         unet=unet,
@@ -183,7 +184,7 @@ def patched(unet, layers):
     """``unet`` running ``layers`` (or frame by frame with None) for the duration."""
     eject(unet)
     if layers is not None:
-        inject(unet, layers.by_site())
+        inject(unet, layers)
     try:
         yield unet
     finally:

@@ -12,10 +12,17 @@ from .guidance import context_guided
 from .masking import context_input, no_context
 
 
-def alphas_cumprod(beta_start=0.00085, beta_end=0.012, timesteps=1000):
-    """alpha_bar_t of SD's training timesteps ("scaled linear" betas), in float64."""
-    betas = torch.linspace(beta_start**0.5, beta_end**0.5, timesteps, dtype=torch.float64) ** 2
-    return torch.cumprod(1 - betas, dim=0)
+def alphas_cumprod(beta_start=0.00085, beta_end=0.012, timesteps=1000, betas="scaled_linear"):
+    """alpha_bar_t of the training timesteps, in float64. SD's betas are evenly spaced
+    in their square root ("scaled_linear"); AnimateDiff trained its motion modules
+    with betas evenly spaced themselves ("linear")."""
+    if betas == "scaled_linear":
+        beta = torch.linspace(beta_start**0.5, beta_end**0.5, timesteps, dtype=torch.float64) ** 2
+    elif betas == "linear":
+        beta = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
+    else:
+        raise ValueError(f"betas {betas!r}: choose 'scaled_linear' (SD's) or 'linear' (AnimateDiff's)")
+    return torch.cumprod(1 - beta, dim=0)
 
 
 def discrete_sigmas(**schedule):

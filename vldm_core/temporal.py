@@ -15,8 +15,10 @@ built video model computes exactly what the image model computes.
 low-VRAM loading works). Weights are initialised here, never by the ops.
 """
 
+import contextvars
 import math
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +38,28 @@ def to_frames(video, width):
     return rearrange(video, "b c t (h w) -> (b t) c h w", w=width)
 
 
+_FRAMES = contextvars.ContextVar("vldm_frames", default=None)
+
+
+@contextmanager
+def frames_in_call(frames):
+    """Within this block, a UNet call carries videos of ``frames`` frames: for the
+    parts of the image UNet that are not called with the frame count (GroupNorms
+    normalising whole clips, unet_layout.join_frames_in_norms)."""
+    token = _FRAMES.set(frames)
+    try:
+        yield
+    finally:
+        _FRAMES.reset(token)
+
+
+def frames_of_call():
+    frames = _FRAMES.get()
+    if frames is None:
+        raise RuntimeError("a frame-joint GroupNorm ran outside a video call: call the UNet inside temporal.frames_in_call(frames)")
+    return frames
+
+
 def sinusoidal_embedding(positions, dim, max_period=10000.0):
     """The transformer's sin/cos code of integer positions, ``(n,) -> (n, dim)``."""
     half = dim // 2
@@ -45,15 +69,15 @@ def sinusoidal_embedding(positions, dim, max_period=10000.0):
 
 
 @dataclass(frozen=True)
-class TemporalConfig:
-    """Hyper-parameters that, with a UNet layout, fix every temporal weight's shape."""
+class LayerConfig:
+    """What every temporal-layer family shares: the masked-context branch c_S of
+    the prediction / interpolation models, and how the image UNet's own
+    normalisation sees the frames."""
 
-    alpha_init: float = 0.5  # merge weight of the spatial path before training; < 1 so the temporal path gets gradients
-    text_cross_attention: bool = False  # the paper attends across frames only; SVD's successor code also attends to the prompt
-    ff_mult: int = 4
-    norm_groups: int = 32
-    context_latent_channels: int = 0  # > 0: res blocks take masked context frames c_S (prediction / interpolation models)
+    context_latent_channels: int = 0  # > 0: the layers take masked context frames c_S (prediction / interpolation models)
     interpolation_stage: bool = False  # c_S carries a stage channel: 0 for T -> 4T, 1 for 4T -> 16T, one model for both
+    frame_joint_norms: bool = False  # the UNet's ResBlock GroupNorms take statistics over all frames of a clip (AnimateDiff v1 trained so)
+    betas: str = ""  # the noise schedule the layers were trained with (sampling.alphas_cumprod): "" is the image model's own
 
     @property
     def context_channels(self):
@@ -73,6 +97,24 @@ class TemporalConfig:
         if unknown:
             raise ValueError(f"unknown temporal config keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class TemporalConfig(LayerConfig):
+    """Hyper-parameters that, with a UNet layout, fix every Video LDM temporal weight's shape."""
+
+    alpha_init: float = 0.5  # merge weight of the spatial path before training; < 1 so the temporal path gets gradients
+    text_cross_attention: bool = False  # the paper attends across frames only; SVD's successor code also attends to the prompt
+    ff_mult: int = 4
+    norm_groups: int = 32
+
+    def build(self, site, ops=nn):
+        """The temporal layer that follows ``site``."""
+        if site.kind == "res":
+            return TemporalResBlock(site.channels, site.emb_channels, self, ops)
+        if site.kind == "attention":
+            return TemporalAttentionBlock(site.channels, site.heads, site.head_dim, site.context_dim, self, ops)
+        raise ValueError(f"Video LDM temporal layers go after ResBlocks and SpatialTransformers, not at a {site.kind!r} site ({site.path})")
 
 
 class AlphaMerge(nn.Module):
@@ -102,6 +144,7 @@ class TemporalLayer(nn.Module):
     activations in the backward pass instead of keeping them."""
 
     gradient_checkpointing = False
+    last_projection = ""  # the layer's name of the projection that ends its branch
 
     def forward(self, z, emb, context, frames, masked_context=None):
         if self.gradient_checkpointing and torch.is_grad_enabled():
@@ -112,13 +155,39 @@ class TemporalLayer(nn.Module):
         raise NotImplementedError
 
     def zero_init_last(self):
-        raise NotImplementedError
+        """Zero the branch's last projection (and c_S's, where there is one): a fresh layer changes nothing."""
+        for last in (getattr(self, self.last_projection), getattr(self, "context_proj", None)):
+            if last is not None:
+                nn.init.zeros_(last.weight)
+                nn.init.zeros_(last.bias)
+
+
+def context_projection(config, channels, ops=nn):
+    """The learned downsampling of c_S (Fig. 4), to a layer of ``channels``: after
+    c_S is resized to the layer's resolution, a convolution (zero-initialised
+    with the branch's last projection, so a fresh context branch changes nothing)."""
+    return ops.Conv2d(config.context_channels, channels, 3, padding=1)
+
+
+def encode_context(layer, masked_context, z):
+    """c_S resized to the resolution of ``z`` ``(b t) c h w`` and projected by ``layer.context_proj``."""
+    if not hasattr(layer, "context_proj"):
+        raise ValueError("these temporal layers were not trained with context frames (prediction / interpolation); use layers trained for that mode")
+    if masked_context.shape[1] != layer.context_proj.in_channels:
+        raise ValueError(
+            f"context frames have {masked_context.shape[1]} channels, these layers take {layer.context_proj.in_channels} "
+            "(latent channels, the mask, and the interpolation stage where the layers were trained with one)"
+        )
+    resized = F.interpolate(masked_context.to(z.dtype), size=z.shape[-2:], mode="area")
+    return layer.context_proj(resized)
 
 
 class TemporalResBlock(TemporalLayer):
     """A residual block of (3, 1, 1) convolutions over time, after a spatial ResBlock
     (held as (3, 1) convolutions over (t, hw): the same weights and arithmetic).
     With ``emb_channels`` 0 it takes no timestep embedding (the temporal decoder's)."""
+
+    last_projection = "conv2"
 
     def __init__(self, channels, emb_channels, config, ops=nn):
         super().__init__()
@@ -130,31 +199,12 @@ class TemporalResBlock(TemporalLayer):
         self.conv2 = ops.Conv2d(channels, channels, (3, 1), padding=(1, 0))
         self.merge = AlphaMerge(config.alpha_init)
         if config.context_latent_channels:
-            # The learned downsampling of c_S (Fig. 4): resized to this layer's
-            # resolution, then a convolution, added to the temporal conv's input.
-            self.context_proj = ops.Conv2d(config.context_channels, channels, 3, padding=1)
-
-    def zero_init_last(self):
-        for last in (self.conv2, getattr(self, "context_proj", None)):
-            if last is not None:
-                nn.init.zeros_(last.weight)
-                nn.init.zeros_(last.bias)
-
-    def encode_context(self, masked_context, z, frames):
-        if not hasattr(self, "context_proj"):
-            raise ValueError("these temporal layers were not trained with context frames (prediction / interpolation); use layers trained for that mode")
-        if masked_context.shape[1] != self.context_proj.in_channels:
-            raise ValueError(
-                f"context frames have {masked_context.shape[1]} channels, these layers take {self.context_proj.in_channels} "
-                "(latent channels, the mask, and the interpolation stage where the layers were trained with one)"
-            )
-        resized = F.interpolate(masked_context.to(z.dtype), size=z.shape[-2:], mode="area")
-        return to_video(self.context_proj(resized), frames)
+            self.context_proj = context_projection(config, channels, ops)  # added to the temporal conv's input
 
     def compute(self, z, emb, context, frames, masked_context=None):
         h = F.silu(self.norm1(to_video(z, frames)))
         if masked_context is not None:
-            h = h + self.encode_context(masked_context, z, frames)
+            h = h + to_video(encode_context(self, masked_context, z), frames)
         h = self.conv1(h)
         if emb is not None:
             h = h + rearrange(self.emb_proj(F.silu(emb)), "(b t) c -> b c t 1", t=frames)
@@ -183,6 +233,8 @@ class TemporalAttentionBlock(TemporalLayer):
     """Self-attention across the frames at every spatial position, after a spatial
     transformer; frames know their order through a sinusoidal position code."""
 
+    last_projection = "proj_out"
+
     def __init__(self, channels, heads, head_dim, context_dim, config, ops=nn):
         super().__init__()
         inner = heads * head_dim
@@ -198,10 +250,6 @@ class TemporalAttentionBlock(TemporalLayer):
         self.ff = nn.Sequential(ops.Linear(inner, inner * config.ff_mult), nn.GELU(), ops.Linear(inner * config.ff_mult, inner))
         self.proj_out = ops.Linear(inner, channels)
         self.merge = AlphaMerge(config.alpha_init)
-
-    def zero_init_last(self):
-        nn.init.zeros_(self.proj_out.weight)
-        nn.init.zeros_(self.proj_out.bias)
 
     def frame_code(self, frames, like):
         """The learned code of each frame's position, ``(t, inner)``."""
@@ -255,14 +303,8 @@ class TemporalLayers(nn.Module):
         self.config = config
         self.train_frames = train_frames  # None: not trained yet, any length goes
         self.modes = tuple(modes)
-        self.layers = nn.ModuleDict({site.key: self._build(site, config, ops) for site in layout.sites})
+        self.layers = nn.ModuleDict({site.key: config.build(site, ops) for site in layout.sites})
         init_weights(self)
-
-    @staticmethod
-    def _build(site, config, ops):
-        if site.kind == "res":
-            return TemporalResBlock(site.channels, site.emb_channels, config, ops)
-        return TemporalAttentionBlock(site.channels, site.heads, site.head_dim, site.context_dim, config, ops)
 
     def by_site(self):
         """Spatial-layer path -> the temporal layer that follows it."""
@@ -275,3 +317,18 @@ class TemporalLayers(nn.Module):
         """Recompute every layer's activations in the backward pass (training) or keep them."""
         for layer in self.layers.values():
             layer.gradient_checkpointing = enabled
+
+
+def with_context_branch(layers, context_latent_channels, interpolation_stage=False):
+    """``layers`` with a fresh context branch for c_S (zero, so the output is
+    unchanged until it is trained), in new modules that take their weights."""
+    config = replace(layers.config, context_latent_channels=context_latent_channels, interpolation_stage=interpolation_stage)
+    grown = TemporalLayers(layers.layout, config, train_frames=layers.train_frames, modes=layers.modes)
+    missing, unexpected = grown.load_state_dict(layers.state_dict(), strict=False)
+    assert not unexpected and all(".context_proj." in key for key in missing), (missing, unexpected)
+    return grown.to(next(layers.parameters()).device)
+
+
+def context_branch(layers):
+    """The context projections of ``layers``, as one module: what trains when the rest stays frozen."""
+    return nn.ModuleDict({key: layer.context_proj for key, layer in layers.layers.items()})

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .temporal import Attention, TemporalLayer, sinusoidal_embedding
+from .temporal import Attention, TemporalLayer, frames_in_call, sinusoidal_embedding
 
 
 @dataclass(frozen=True)
@@ -64,9 +64,9 @@ class CrossAttention(Attention):
 class GEGLU(nn.Module):
     """SD's gated feed-forward input: GELU(gate) * value."""
 
-    def __init__(self, dim, inner):
+    def __init__(self, dim, inner, ops=nn):
         super().__init__()
-        self.proj = nn.Linear(dim, inner * 2)
+        self.proj = ops.Linear(dim, inner * 2)
 
     def forward(self, x):
         value, gate = self.proj(x).chunk(2, dim=-1)
@@ -188,10 +188,11 @@ class UNetModel(nn.Module):
                 raise ValueError("this UNet takes a class label y (e.g. the upscaler's noise level) with every frame")
             emb = emb + self.label_emb(y)
         skips, h = [], x
-        for block in self.input_blocks:
-            h = block(h, emb, context, frames, masked_context)
-            skips.append(h)
-        h = self.middle_block(h, emb, context, frames, masked_context)
-        for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, frames, masked_context)
-        return self.out(h)
+        with frames_in_call(frames):
+            for block in self.input_blocks:
+                h = block(h, emb, context, frames, masked_context)
+                skips.append(h)
+            h = self.middle_block(h, emb, context, frames, masked_context)
+            for block in self.output_blocks:
+                h = block(torch.cat([h, skips.pop()], dim=1), emb, context, frames, masked_context)
+            return self.out(h)

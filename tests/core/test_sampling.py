@@ -61,7 +61,7 @@ def context_model():
     from tiny_models import tiny_unet
 
     unet = tiny_unet()
-    inject(unet, perturb(TemporalLayers(find_layout(unet), TemporalConfig(context_latent_channels=TINY.in_channels))).by_site())
+    inject(unet, perturb(TemporalLayers(find_layout(unet), TemporalConfig(context_latent_channels=TINY.in_channels))))
     return unet
 
 

@@ -19,7 +19,7 @@ def test_fresh_video_model_equals_image_model_to_the_bit(unet, cross):
     x, t, context = video_batch()
     image = forward(unet, x, t, context, 6)
     layers = TemporalLayers(find_layout(unet), TemporalConfig(text_cross_attention=cross))
-    inject(unet, layers.by_site())
+    inject(unet, layers)
     assert torch.equal(forward(unet, x, t, context, 6), image)
 
 
@@ -31,13 +31,13 @@ def test_trained_layers_mix_frames_only_in_the_video_model(unet, layers):
     image = forward(unet, x, t, context, 6) - forward(unet, x_changed, t, context, 6)
     assert image[1:].abs().max() == 0  # the image model keeps frames independent
 
-    inject(unet, perturb(layers).by_site())
+    inject(unet, perturb(layers))
     video = forward(unet, x, t, context, 6) - forward(unet, x_changed, t, context, 6)
     assert video[1:].abs().amax(dim=(1, 2, 3)).min() > 1e-4  # every other frame felt it
 
 
 def test_frames_are_mixed_within_each_video_not_across_videos(unet, layers):
-    inject(unet, perturb(layers).by_site())
+    inject(unet, perturb(layers))
     x, t, context = video_batch(frames=8)
     x_changed = x.clone()
     x_changed[0] += 1.0
@@ -47,7 +47,7 @@ def test_frames_are_mixed_within_each_video_not_across_videos(unet, layers):
 
 
 def test_temporal_attention_knows_frame_order(unet, layers):
-    inject(unet, perturb(layers).by_site())
+    inject(unet, perturb(layers))
     x, t, context = video_batch()
     reversed_then_back = forward(unet, x.flip(0), t, context, 6).flip(0)
     assert not torch.allclose(reversed_then_back, forward(unet, x, t, context, 6), atol=1e-4)
@@ -60,7 +60,7 @@ def test_alpha_one_is_the_image_model_whatever_the_temporal_weights(unet, layers
     with torch.no_grad():
         for layer in layers.layers.values():
             layer.merge.mix_factor.fill_(30.0)  # sigmoid(30) == 1 in fp32
-    inject(unet, layers.by_site())
+    inject(unet, layers)
     assert all(a == 1.0 for a in layers.alphas().values())
     assert torch.equal(forward(unet, x, t, context, 6), image)
 
@@ -75,7 +75,7 @@ def test_alpha_is_sigmoid_of_mix_factor_and_blends_linearly():
 def test_training_moves_only_temporal_parameters(unet, layers):
     spatial_before = {k: v.clone() for k, v in unet.state_dict().items()}
     unet.requires_grad_(False)
-    inject(unet, layers.by_site())
+    inject(unet, layers)
     optimizer = torch.optim.AdamW(layers.parameters(), lr=1e-2)
     x, t, context = video_batch()
     for _ in range(2):
@@ -93,7 +93,7 @@ def test_training_moves_only_temporal_parameters(unet, layers):
 
 def test_gradients_reach_every_temporal_parameter_through_the_zero_init(unet, layers):
     unet.requires_grad_(False)
-    inject(unet, layers.by_site())
+    inject(unet, layers)
     x, t, context = video_batch()
     unet(x, t, context, frames=6).pow(2).mean().backward()
     # At init only the last projections and alphas see a gradient (everything
@@ -106,7 +106,7 @@ def test_single_frame_is_the_image_model_for_res_blocks_padding():
     unet = tiny_unet(TINY)
     x, t, context = video_batch(frames=1)
     layers = perturb(TemporalLayers(find_layout(unet)))
-    inject(unet, layers.by_site())
+    inject(unet, layers)
     out = forward(unet, x, t, context, 1)
     assert out.shape == x.shape and torch.isfinite(out).all()
 

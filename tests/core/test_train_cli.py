@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,8 @@ from vldm_core.temporal_decoder import find_decoder_layout
 from vldm_core.unet_layout import find_layout
 from vldm_core.weights import WeightFileError, load_temporal_layers
 
-from tiny_models import write_video
+from animatediff_reference import published_state_dict
+from tiny_models import SD15_LAYOUT, write_motion_module, write_video
 
 TEXT = TextEncoderConfig(dim=24, layers=1, heads=2)
 REPO = str(Path(__file__).parents[2])
@@ -107,6 +109,9 @@ def test_latents_can_be_encoded_once_into_a_cache(base, tmp_path):
     (dict(base__vae="vae.safetensors"), "base.vae is not used: temporal_layers jobs take base.checkpoint or"),
     (dict(base__unet="", base__text_encoder="", base__autoencoder=""), "one source of the frozen models (none given): temporal_layers jobs take base.checkpoint or base.autoencoder + base.text_encoder + base.unet"),
     (dict(job__kind="temporal_decoder", base__vae="vae.safetensors"), "(base.vae and the pack's own model files)"),
+    (dict(layers__init="mm_sd_v15_v2.safetensors"), "with layers.init only the context branch trains: set layers.context_latent_channels and job.modes to prediction"),
+    (dict(layers__init="mm_sd_v15_v2.safetensors", layers__alpha_init=0.3, job__modes=["prediction"]), "layers.alpha_init does not apply with layers.init"),
+    (dict(layers__init="mm_sd_v15_v2.safetensors", job__kind="upscaler"), "layers.init is for temporal_layers jobs"),
 ])
 def test_config_problems_are_named_before_anything_loads(base, tmp_path, changes, message):
     values = config(base, tmp_path, **{k: v for k, v in changes.items() if v is not None})
@@ -115,6 +120,22 @@ def test_config_problems_are_named_before_anything_loads(base, tmp_path, changes
     with pytest.raises(ValueError) as error:
         check_config(values)
     assert message in str(error.value)
+
+
+def test_a_context_branch_trains_on_a_frozen_animatediff_motion_module(base, tmp_path):
+    torch.manual_seed(0)
+    unet = UNetModel(SD15_LAYOUT)
+    save_model(unet, tmp_path / "unet_sd15.safetensors", prediction_type="eps")
+    save_model(TextEncoder(TextEncoderConfig(vocab=512, dim=SD15_LAYOUT.context_dim, layers=1, heads=2)), tmp_path / "text_768.safetensors")
+    module = write_motion_module(tmp_path / "mm.safetensors", published_state_dict(unet, "v2", seed=1))
+    values = config(base, tmp_path, base__unet=str(tmp_path / "unet_sd15.safetensors"), base__text_encoder=str(tmp_path / "text_768.safetensors"),
+                    layers__init=str(module), layers__interpolation_stage=True, job__modes=["prediction", "interpolation"], data__frames=5)
+    layers = load_temporal_layers(run(values), partial(find_layout, unet), prediction_type="eps")
+    assert layers.modes == ("keyframe", "prediction", "interpolation") and layers.train_frames == 5
+    assert layers.config.version == "v2" and layers.config.context_channels == 6
+    trained = layers.state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in load_temporal_layers(module, partial(find_layout, unet)).state_dict().items())  # frozen
+    assert all(layer.context_proj.weight.abs().sum() > 0 for layer in layers.layers.values())  # the branch trained off zero
 
 
 def test_a_base_file_of_the_wrong_kind_is_refused(base, tmp_path):

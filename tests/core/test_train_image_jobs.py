@@ -252,7 +252,7 @@ def test_a_resume_with_other_job_settings_is_refused(tmp_path, make, data, chang
 def test_unusable_models_and_settings_are_refused():
     with pytest.raises(ValueError, match="temporal layers"):
         unet = tiny_unet()
-        inject(unet, TemporalLayers(find_layout(unet)).by_site())
+        inject(unet, TemporalLayers(find_layout(unet)))
         ImageDiffusionJob(unet, TextEncoder(TINY_TEXT))
     with pytest.raises(ValueError, match="context_dim"):
         ImageDiffusionJob(tiny_unet(), TextEncoder(TextEncoderConfig(dim=16, layers=1, heads=2)))

@@ -72,7 +72,7 @@ def test_the_exported_file_loads_back_to_the_trained_model(tmp_path):
 
     def video_model(layers):
         unet = tiny_unet()
-        inject(unet, layers.eval().by_site())
+        inject(unet, layers.eval())
         return unet
 
     x = MovingPatterns(seed=3)[0]["latents"]

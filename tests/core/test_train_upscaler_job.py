@@ -147,7 +147,7 @@ def test_the_exported_file_loads_back_to_the_trained_model(tmp_path):
 
     def video_model(layers):
         unet = tiny_unet(X4_TINY)
-        inject(unet, layers.eval().by_site())
+        inject(unet, layers.eval())
         return unet
 
     x = torch.randn(FRAMES, X4_TINY.in_channels, 8, 8, generator=torch.Generator().manual_seed(1))

@@ -21,8 +21,8 @@ def test_a_temporal_layer_follows_every_resblock_and_transformer(unet):
 
 def test_inject_keeps_spatial_names_and_eject_restores_the_unet(unet, layers):
     keys = list(unet.state_dict())
-    inject(unet, layers.by_site())
-    inject(unet, layers.by_site())  # idempotent
+    inject(unet, layers)
+    inject(unet, layers)  # idempotent
     injected = list(unet.state_dict())
     assert [k for k in injected if TEMPORAL_SUFFIX not in k] == keys
     assert list(unet.input_blocks[1]._modules) == ["0", "0" + TEMPORAL_SUFFIX, "1", "1" + TEMPORAL_SUFFIX]

@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 from vldm_core.temporal import TemporalConfig
 from vldm_core.unet import UNetConfig
 from vldm_core.unet_layout import find_layout, inject
-from vldm_core.weights import FORMAT_VERSION, WeightFileError, load_temporal_layers, read_metadata, save_temporal_layers, store_as
+from vldm_core.weights import FORMAT_VERSION, WeightFileError, load_temporal_layers, read_header, save_temporal_layers, store_as
 
 from tiny_models import perturb, tiny_unet, video_batch
 
@@ -26,22 +26,22 @@ def test_round_trip_gives_the_same_weights_metadata_and_video(saved, unet, layer
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), layers.state_dict().values()))
     x, t, context = video_batch()
     with torch.no_grad():
-        inject(unet, layers.by_site())
+        inject(unet, layers)
         expected = unet(x, t, context, frames=6)
-        inject(unet, loaded.by_site())
+        inject(unet, loaded)
         assert torch.equal(unet(x, t, context, frames=6), expected)
 
 
 def test_a_file_stored_in_float16_loads_as_float32_with_its_metadata(saved, unet, layers):
-    before = read_metadata(saved)
+    before = read_header(saved)[0]
     store_as(saved, "float16")
-    assert read_metadata(saved) == before
+    assert read_header(saved)[0] == before
     loaded = load_temporal_layers(saved, find_layout(unet), prediction_type="eps")
     assert all(a.dtype == torch.float32 and torch.equal(a, b.half().float()) for a, b in zip(loaded.state_dict().values(), layers.state_dict().values()))
 
 
 def test_metadata_says_what_the_file_fits(saved):
-    metadata = read_metadata(saved)
+    metadata = read_header(saved)[0]
     assert metadata["format_version"] == str(FORMAT_VERSION)
     assert json.loads(metadata["unet_layout"])["context_dim"] == 24
     assert metadata["train_frames"] == "8" and json.loads(metadata["modes"]) == ["keyframe", "prediction"]
@@ -73,11 +73,17 @@ def test_wrong_prediction_type_is_refused(saved, unet):
         load_temporal_layers(saved, find_layout(unet), prediction_type="v")
 
 
-def test_pickles_are_never_opened(tmp_path, unet):
-    path = tmp_path / "layers.ckpt"
+def test_pickles_are_never_opened_and_the_refusal_says_how_to_convert(tmp_path, unet):
+    path = tmp_path / "mm_sd_v15_v2.ckpt"
     path.write_bytes(b"\x80\x04not really a pickle")
-    with pytest.raises(WeightFileError, match="safetensors files only"):
+    with pytest.raises(WeightFileError, match="never opens") as refused:
         load_temporal_layers(str(path), find_layout(unet))
+    assert "torch.load('mm_sd_v15_v2.ckpt', map_location='cpu', weights_only=True)" in str(refused.value)
+    assert "'mm_sd_v15_v2.safetensors'" in str(refused.value)
+    other = tmp_path / "layers.bin"
+    other.write_bytes(b"")
+    with pytest.raises(WeightFileError, match="safetensors files only|never opens"):
+        load_temporal_layers(str(other), find_layout(unet))
 
 
 @pytest.mark.parametrize("content", [b"", b"\x00" * 3, b"garbage that is no header", b"\xff\xff\xff\xff\xff\xff\xff\x7f{}"])
@@ -135,7 +141,7 @@ def test_edited_weights_that_contradict_the_metadata_are_refused(saved, tmp_path
     state.pop(next(iter(state)))
     path = tmp_path / "edited.safetensors"
     save_file(state, str(path), metadata=metadata)
-    with pytest.raises(WeightFileError, match="does not match the layers its own metadata describes"):
+    with pytest.raises(WeightFileError, match="does not match the layers it describes"):
         load_temporal_layers(str(path), find_layout(unet))
 
 

@@ -3,6 +3,7 @@
 import av
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -149,3 +150,14 @@ class SeededVideos(Dataset):
 
     def generator(self, index):
         return torch.Generator().manual_seed(self.seed * 1000 + index)
+
+
+# SD 1.5's UNet layout (four levels, attention on the first three, two ResBlocks
+# per level, text context 768) at a small width: what AnimateDiff's modules fit.
+SD15_LAYOUT = UNetConfig(model_channels=32, channel_mult=(1, 2, 4, 4), num_res_blocks=2, attention_levels=(0, 1, 2), head_dim=8, context_dim=768)
+
+
+def write_motion_module(path, state):
+    """An AnimateDiff-style file: its state dict as safetensors, no metadata."""
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path

@@ -36,6 +36,8 @@ exported file is never written over.
 
     [layers]                          # vldm_core.temporal.TemporalConfig
     context_latent_channels = 0
+    init = ""                         # temporal_layers: an AnimateDiff motion module (.safetensors) to start from: it stays
+                                      # frozen and only its context branch trains (context_latent_channels, interpolation_stage)
 
     [data]
     videos = "videos/"                # a folder of captioned videos (vldm_core.train.data)
@@ -63,14 +65,15 @@ import os
 import tomllib
 import warnings
 from dataclasses import fields
+from functools import partial
 
 import torch
 
 from ..autoencoder import COMFY_VAE_GROUPS, scaled_encoder
 from ..model_files import KINDS, load_model, save_model
-from ..temporal import TemporalConfig, TemporalLayers
+from ..temporal import TemporalConfig, TemporalLayers, with_context_branch
 from ..unet_layout import find_layout
-from ..weights import STORAGE, save_temporal_layers, store_as
+from ..weights import STORAGE, load_temporal_layers, save_temporal_layers, store_as
 from ..temporal_decoder import fresh_temporal_decoder
 from ..world import WorldClips
 from .data import LatentCache, LatentClips, VideoClips
@@ -90,7 +93,7 @@ SECTIONS = {
     },
     "base": {"checkpoint": "", "comfyui": "", "unet": "", "text_encoder": "", "autoencoder": "", "vae": ""},
     "model": {"unet": {}, "text_encoder": {}, "autoencoder": {}},  # configs of models trained from scratch
-    "layers": {f.name: f.default for f in fields(TemporalConfig)},
+    "layers": {**{f.name: f.default for f in fields(TemporalConfig)}, "init": ""},
     "data": {"videos": "", "world": 0, "frames": None, "fps": None, "size": None, "latent_cache": ""},
     "train": None,  # TrainConfig checks its own keys
     "export": {"path": None, "ema": True, "text_encoder": "", "dtype": "float32"},
@@ -139,6 +142,7 @@ def check_config(config):
         problems.append("data.latent_cache is for video folders: synthetic scenes render faster than latents load; remove it")
     if kind in STARTS_FROM and config.get("base", {}).get(STARTS_FROM[kind]) and config.get("model", {}).get(STARTS_FROM[kind]):
         problems.append(f"[model.{STARTS_FROM[kind]}] is for models trained from scratch: base.{STARTS_FROM[kind]} brings its own config; remove one")
+    problems += init_problems(kind, config.get("layers", {}), config.get("job", {}).get("modes", SECTIONS["job"]["modes"]))
     if config.get("export", {}).get("dtype", "float32") not in STORAGE:
         problems.append(f"export.dtype {config['export']['dtype']!r}: choose one of {', '.join(STORAGE)}")
     if kind == "image" and not config.get("export", {}).get("text_encoder"):
@@ -146,6 +150,21 @@ def check_config(config):
     if problems:
         raise ValueError("the training config has problems:\n  " + "\n  ".join(problems))
     TrainConfig.from_dict(config.get("train", {}))  # its own unknown and missing keys
+
+
+INIT_KEYS = {"init", "context_latent_channels", "interpolation_stage"}  # what [layers] sets on top of a motion module
+
+
+def init_problems(kind, layers, modes):
+    """layers.init is a temporal_layers job's motion module, whose context branch alone trains."""
+    if not layers.get("init"):
+        return []
+    if kind != "temporal_layers":
+        return [f"layers.init is for temporal_layers jobs (a motion module to add a context branch to), not {kind}"]
+    problems = [f"layers.{key} does not apply with layers.init: the motion module brings its own" for key in sorted(set(layers) - INIT_KEYS)]
+    if not layers.get("context_latent_channels") or "keyframe" in modes:
+        problems.append("with layers.init only the context branch trains: set layers.context_latent_channels and job.modes to prediction and/or interpolation")
+    return problems
 
 
 def base_problems(kind, given):
@@ -205,27 +224,46 @@ def frozen_autoencoder(config, device):
     return load_vae(base[key], device, base["comfyui"], key=key)
 
 
+def fresh_layer_config(config):
+    """The TemporalConfig of fresh layers from [layers], whose init (a motion module to start from) is no part of it."""
+    return TemporalConfig(**{key: value for key, value in section(config, "layers").items() if key != "init"})
+
+
 def temporal_layers_job(config, device):
-    """Fresh temporal layers on the frozen base, and the job that trains them;
-    returns (job, encode_frames for the latent cache, export(path, weights))."""
+    """Fresh temporal layers on the frozen base, or (layers.init) a frozen motion
+    module with a fresh context branch, and the job that trains them; returns
+    (job, encode_frames for the latent cache, export(path, weights))."""
     job, layer_settings = section(config, "job"), section(config, "layers")
+    init = layer_settings.pop("init")
     base = frozen_base(config, "temporal_layers", device)
-    layers = TemporalLayers(find_layout(base.unet), TemporalConfig(**layer_settings), modes=job["modes"]).to(device)
-    trainer = TemporalLayersJob(base.unet, layers, base.encode_text, base.prediction_type, job["modes"], tuple(job["stages"]), base.encode_frames, base.call_unet)
+    if init:
+        layers, modes = motion_module_base(init, base, layer_settings, config["data"]["frames"]), ("keyframe", *job["modes"])
+    else:
+        layers, modes = TemporalLayers(find_layout(base.unet), fresh_layer_config(config), modes=job["modes"]), job["modes"]
+    trainer = TemporalLayersJob(
+        base.unet, layers.to(device), base.encode_text, base.prediction_type, job["modes"], tuple(job["stages"]), base.encode_frames, base.call_unet, context_only=bool(init)
+    )
 
     def export(path, weights, data):
-        trained = TemporalLayers(layers.layout, layers.config, modes=trainer.modes)
-        trained.load_state_dict(weights)
-        save_temporal_layers(trained, path, train_frames=config["data"]["frames"], modes=trainer.modes, prediction_type=base.prediction_type)
+        trainer.module.load_state_dict(weights)
+        save_temporal_layers(trainer.layers, path, train_frames=config["data"]["frames"], modes=modes, prediction_type=base.prediction_type)
 
     return trainer, base.encode_frames, export
+
+
+def motion_module_base(path, base, layer_settings, frames):
+    """The motion module at ``path`` on the base UNet, with a fresh context branch."""
+    module = load_temporal_layers(path, partial(find_layout, base.unet), prediction_type=base.prediction_type)
+    if frames > module.train_frames:
+        raise ValueError(f"data.frames {frames} is more than {os.path.basename(path)} takes ({module.train_frames}, its position code): train on at most {module.train_frames}")
+    return with_context_branch(module, layer_settings["context_latent_channels"], layer_settings["interpolation_stage"])
 
 
 def upscaler_job(config, device):
     """Fresh temporal layers on a frozen x4-upscaler-style UNet; the clips are its
     high-res targets, their 4x area-downsampled frames its low-res input."""
     base = frozen_base(config, "upscaler", device)
-    layers = TemporalLayers(find_layout(base.unet), TemporalConfig(**section(config, "layers")), modes=("upscaler",)).to(device)
+    layers = TemporalLayers(find_layout(base.unet), fresh_layer_config(config), modes=("upscaler",)).to(device)
     patch = section(config, "job")["patch"] or None
     trainer = UpscalerJob(base.unet, layers, base.encode_text, base.prediction_type, patch=patch, encode_frames=base.encode_frames, call_unet=base.call_unet)
 
@@ -238,7 +276,7 @@ def upscaler_job(config, device):
 def temporal_decoder_job(config, device):
     """The frozen autoencoder, fresh temporal blocks for its decoder and a 3D patch discriminator."""
     autoencoder = frozen_autoencoder(config, device)
-    temporal = fresh_temporal_decoder(autoencoder.decoder, TemporalConfig(**section(config, "layers"))).to(device)
+    temporal = fresh_temporal_decoder(autoencoder.decoder, fresh_layer_config(config)).to(device)
     job = section(config, "job")
     trainer = TemporalDecoderJob(autoencoder, temporal, VideoDiscriminator().to(device), adversarial_weight=job["adversarial_weight"], **perceptual(job, device))
 

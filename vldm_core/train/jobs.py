@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 
 from ..sampling import alphas_cumprod
+from ..temporal import context_branch
 from ..unet_layout import inject
 from .objectives import draw_context, draw_timesteps, masked_context, noised
 
@@ -45,33 +46,38 @@ class TemporalLayersJob:
     sees them, or ``pixels`` ``(b, t, 3, H, W)`` that ``encode_frames(pixels
     (n, 3, H, W)) -> latents`` encodes (frozen) on the training device; and ``caption``.
     ``call_unet(unet, x, timesteps, context, frames, masked_context)`` runs a UNet
-    whose forward takes other arguments (ComfyUI's: vldm_core.comfy_unet.call_unet)."""
+    whose forward takes other arguments (ComfyUI's: vldm_core.comfy_unet.call_unet).
+    With ``context_only``, the layers stay frozen but for their context branch
+    (temporal.context_branch): a motion module learns to take context frames."""
 
-    def __init__(self, unet, layers, encode_text, prediction_type="eps", modes=("keyframe",), stages=None, encode_frames=None, call_unet=None):
+    def __init__(self, unet, layers, encode_text, prediction_type="eps", modes=("keyframe",), stages=None, encode_frames=None, call_unet=None, context_only=False):
         unknown = set(modes) - {"keyframe", *CONTEXT_MODES}
         if unknown:
             raise ValueError(f"modes {sorted(unknown)}: temporal layers of a UNet train as keyframe, prediction and/or interpolation models")
-        if any(m in CONTEXT_MODES for m in modes) and not layers.config.context_latent_channels:
+        if (context_only or any(m in CONTEXT_MODES for m in modes)) and not layers.config.context_latent_channels:
             raise ValueError("prediction and interpolation train on context frames: build the layers with context_latent_channels set")
         self.unet = unet.requires_grad_(False).eval()
-        inject(self.unet, layers.by_site())
+        inject(self.unet, layers)
         self.call_unet = call_unet or call_own_unet
-        self.module = layers.requires_grad_(True).train()
+        self.layers = layers.requires_grad_(False).train()
+        self.module = (context_branch(layers) if context_only else layers).requires_grad_(True)
+        self.context_only = context_only
         self.encode_text, self.encode_frames, self.prediction_type, self.modes = encode_text, encode_frames, prediction_type, tuple(modes)
         self.stages = stages if layers.config.interpolation_stage else None
-        self.alpha_bar = alphas_cumprod()
+        self.alpha_bar = alphas_cumprod(betas=layers.config.betas or "scaled_linear")  # motion modules bring their own schedule
 
     def config_dict(self):
         return {
             "modes": list(self.modes),
             "prediction_type": self.prediction_type,
-            "layout": self.module.layout.to_json(),
-            "temporal_config": self.module.config.to_dict(),
+            "layout": self.layers.layout.to_json(),
+            "temporal_config": self.layers.config.to_dict(),
             "stages": list(self.stages or []),
+            "context_only": self.context_only,
         }
 
     def set_gradient_checkpointing(self, enabled):
-        self.module.set_gradient_checkpointing(enabled)
+        self.layers.set_gradient_checkpointing(enabled)
 
     def contexts(self, latents, generator):
         """c_S for each video: a mode drawn from this job's modes, then its mask

@@ -113,7 +113,7 @@ class UpscalerJob:
             self.unet = self.module = unet.requires_grad_(True).train()
         else:
             self.unet = unet.requires_grad_(False).eval()
-            inject(self.unet, layers.by_site())
+            inject(self.unet, layers)
             self.module = layers.requires_grad_(True).train()
         self.call_unet = call_unet or call_own_unet
         self.encode_text, self.encode_frames, self.prediction_type, self.noise_levels = encode_text, encode_frames, prediction_type, noise_levels
