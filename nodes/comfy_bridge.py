@@ -9,19 +9,23 @@ the UNet hands them control through the forward-timestep-embed patch.
 import functools
 import math
 import os
+from types import SimpleNamespace
 
 import comfy.conds
 import comfy.model_base
 import comfy.model_patcher
+import comfy.model_sampling
 import comfy.ops
 import comfy.patcher_extension
 import comfy.samplers
 import folder_paths
 import torch
 
-from ..vldm_core.comfy_unet import MASKED_CONTEXT, TIMESTEP_EMBED_PATCH
+from ..vldm_core.comfy_unet import MASKED_CONTEXT, SCALE, TIMESTEP_EMBED_PATCH, video_call
 from ..vldm_core.guidance import context_guided
 from ..vldm_core.masking import context_input, no_context
+from ..vldm_core.motion_module import MotionModuleConfig
+from ..vldm_core.sampling import discrete_sigmas
 from ..vldm_core.temporal import TemporalLayers
 from ..vldm_core.unet_layout import eject, find_layout, inject
 from ..vldm_core.weights import load_temporal_layers
@@ -29,26 +33,33 @@ from ..vldm_core.weights import load_temporal_layers
 KEY = "vldm_temporal_layers"
 FOLDER = "temporal_layers"
 DECODER_FOLDER = "temporal_decoders"
+MOTION_FOLDER = "animatediff_models"  # AnimateDiff-Evolved's folder of motion modules, shared where it is installed
 FRESH = "fresh (untrained, for training)"
 
 
 def register_model_folders():
     """models/temporal_layers and models/temporal_decoders, safetensors only
-    (also when extra_model_paths.yaml names them)."""
-    for folder in (FOLDER, DECODER_FOLDER):
+    (also when extra_model_paths.yaml names them), and models/animatediff_models
+    where AnimateDiff-Evolved has not registered it: there its pickled .ckpt
+    files are listed too, so that picking one says how to convert it."""
+    for folder, extensions in ((FOLDER, {".safetensors"}), (DECODER_FOLDER, {".safetensors"}), (MOTION_FOLDER, {".safetensors", ".ckpt"})):
         default = os.path.join(folder_paths.models_dir, folder)
-        paths = folder_paths.folder_names_and_paths.get(folder, ([], set()))[0]
+        paths, known = folder_paths.folder_names_and_paths.get(folder, ([], set()))
         if default not in paths:
             paths.append(default)
-        folder_paths.folder_names_and_paths[folder] = (paths, {".safetensors"})
+        folder_paths.folder_names_and_paths[folder] = (paths, known | extensions if folder == MOTION_FOLDER else extensions)
 
 
-def _masked_context_to_layers(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
-    """c_S reaches the UNet as a keyword its forward drops; hand it on to the temporal layers."""
-    masked_context = kwargs.pop(MASKED_CONTEXT, None)
-    if masked_context is not None:
-        transformer_options = {**transformer_options, MASKED_CONTEXT: masked_context}
-    return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+def temporal_layer_files():
+    """What the patcher lists: temporal-layer files, then the motion modules of
+    animatediff_models that do not share a name with one."""
+    own = folder_paths.get_filename_list(FOLDER)
+    motion = [name for name in folder_paths.get_filename_list(MOTION_FOLDER) if name.endswith((".safetensors", ".ckpt")) and name not in own]
+    return own + motion
+
+
+def temporal_layer_path(name):
+    return folder_paths.get_full_path(FOLDER, name) or folder_paths.get_full_path_or_raise(MOTION_FOLDER, name)
 
 
 # ComfyUI reserves memory for the image UNet's activations only; the temporal
@@ -94,39 +105,70 @@ def layers_for_mode(model, mode):
     layers = require_temporal_layers(model, f"pass it through Temporal UNet Patcher with a file {trained_as} first")
     takes_context = bool(layers.config.context_latent_channels) or mode not in CONTEXT_MODES
     if mode not in layers.modes or not takes_context:
-        raise ValueError(f"these temporal layers were trained for {', '.join(layers.modes)}, not {mode}: load a temporal-layer file {trained_as}")
+        raise ValueError(f"these temporal layers were trained for {', '.join(layers.modes)}, not {mode}: load a temporal-layer file {trained_as}{context_branch_hint(layers)}")
     if layers.train_frames is None:
         raise ValueError(f"fresh temporal layers have no trained window length: load a temporal-layer file {trained_as}")
     return layers
 
 
+def context_branch_hint(layers):
+    """For a motion module without a context branch: where to get one."""
+    if isinstance(layers.config, MotionModuleConfig) and not layers.config.context_latent_channels:
+        return " (a motion module needs its context branch trained first: python -m vldm_core.train, see the README's 'Use AnimateDiff motion modules')"
+    return ""
+
+
 def load_layers_for(model, name):
-    """Temporal layers for ``model``: fresh (identity at start) or from a file in models/temporal_layers."""
-    layout = find_layout(unet_of(model))
+    """Temporal layers for ``model``: fresh (identity at start), or from a file in
+    models/temporal_layers or a motion module in models/animatediff_models, in
+    the dtype the UNet computes in."""
+    unet = unet_of(model)
     if name == FRESH:
         with torch.random.fork_rng():
             torch.manual_seed(0)
-            return TemporalLayers(layout, ops=comfy.ops.manual_cast, train_frames=None)
-    path = folder_paths.get_full_path_or_raise(FOLDER, name)
-    return load_temporal_layers(path, layout, ops=comfy.ops.manual_cast, prediction_type=prediction_type(model))
+            return TemporalLayers(find_layout(unet), ops=comfy.ops.manual_cast, train_frames=None)
+    layers = load_temporal_layers(temporal_layer_path(name), functools.partial(find_layout, unet), ops=comfy.ops.manual_cast, prediction_type=prediction_type(model))
+    return layers.to(model.model.manual_cast_dtype or model.model.get_dtype())
 
 
-def with_temporal_layers(model, layers: TemporalLayers):
-    """A clone of ``model`` that runs ``layers``; ``model`` itself is untouched."""
+def with_temporal_layers(model, layers: TemporalLayers, scale=1.0):
+    """A clone of ``model`` that runs ``layers``, each temporal layer's change to
+    the features scaled by ``scale`` (0: the image model exactly); ``model``
+    itself is untouched. Layers trained with another noise schedule than the
+    image model's (motion modules) bring it along."""
     if temporal_layers_of(model) is not None:
         raise ValueError("this MODEL already has Video LDM temporal layers: connect the Temporal UNet Patcher to the original image MODEL")
     patched = model.clone()
     holder = comfy.model_patcher.ModelPatcher(layers, load_device=model.load_device, offload_device=model.offload_device)
     patched.set_additional_models(KEY, [holder])
-    sites = layers.by_site()
-    patched.set_injections(
-        KEY,
-        [comfy.patcher_extension.PatcherInjection(inject=lambda mp: inject(unet_of(mp), sites), eject=lambda mp: eject(unet_of(mp)))],
-    )
+    if scale != 0:  # at 0 nothing is injected (frame-joint norms and noise schedule included), yet the sampler nodes see the layers' limits
+        patched.set_injections(
+            KEY,
+            [comfy.patcher_extension.PatcherInjection(inject=lambda mp: inject(unet_of(mp), layers), eject=lambda mp: eject(unet_of(mp)))],
+        )
     patched.set_model_forward_timestep_embed_patch(TIMESTEP_EMBED_PATCH)
+    patched.model_options.setdefault("transformer_options", {})[SCALE] = scale
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, KEY, _reserve_temporal_activations)
-    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY, _masked_context_to_layers)
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY, video_call)
+    if layers.config.betas and scale != 0:
+        with_training_schedule(patched, layers.config.betas)
     return patched
+
+
+COMFY_BETAS = {"linear": "sqrt_linear"}  # our name -> ComfyUI's (whose "linear" is SD's scaled-linear schedule)
+
+
+def with_training_schedule(model, betas):
+    """Give ``model`` (a clone) the noise schedule ``betas`` (sampling.alphas_cumprod)
+    where it still samples with SD's own; a schedule the user chose before
+    (e.g. ModelSamplingDiscrete) is kept."""
+    current = model.get_model_object("model_sampling")
+    sigmas = getattr(current, "sigmas", None)
+    sd = discrete_sigmas()
+    if not isinstance(current, comfy.model_sampling.ModelSamplingDiscrete) or sigmas is None or sigmas.shape != sd.shape or not torch.allclose(sigmas.float().cpu(), sd, rtol=1e-4):
+        return
+    settings = {"beta_schedule": COMFY_BETAS[betas], "linear_start": 0.00085, "linear_end": 0.012}
+    model.add_object_patch("model_sampling", type(current)(SimpleNamespace(sampling_settings=settings)))
 
 
 def sample_frames(model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_frames):

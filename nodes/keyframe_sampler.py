@@ -3,16 +3,19 @@ import nodes
 import torch
 from comfy_api.latest import io
 
-from .comfy_bridge import require_temporal_layers, sample_frames
+from ..vldm_core.motion_module import MotionModuleConfig
+from .comfy_bridge import context_branch_hint, require_temporal_layers, sample_frames
 from .sampler_inputs import sampler_inputs
 
 
 def check_frame_count(model, frames):
     layers = require_temporal_layers(model, "without them its frames would come out independent; pass it through Temporal UNet Patcher first")
     if layers.train_frames is not None and frames > layers.train_frames:
+        motion_module = isinstance(layers.config, MotionModuleConfig) and layers.train_frames == layers.config.position_code_frames
+        limit = "this motion module's position code covers" if motion_module else "these temporal layers were trained on"
         raise ValueError(
-            f"{frames} frames requested, but these temporal layers were trained on {layers.train_frames}: sample at most {layers.train_frames} key frames here, "
-            "then make the video longer with the Masked Predictor or denser with the 4x Interpolator"
+            f"{frames} frames requested, but {limit} {layers.train_frames}: sample at most {layers.train_frames} key frames here, "
+            f"then make the video longer with the Masked Predictor or denser with the 4x Interpolator{context_branch_hint(layers)}"
         )
 
 

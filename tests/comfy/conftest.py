@@ -32,6 +32,7 @@ import uuid
 import pytest
 
 from cpu_comfyui import PACK_NAME, tolerate_missing_torchvision_ops
+from shipped_workflows import place_downloads
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
@@ -70,15 +71,23 @@ TINY_UNET = dict(
     transformer_depth_middle=1, in_channels=4, out_channels=4, num_heads=2, num_head_channels=-1, use_linear_in_transformer=False,
     adm_in_channels=None, use_temporal_attention=False, image_size=32, use_spatial_transformer=True, legacy=False,
 )
+# SD 1.5's own layout (four levels, attention on the first three, two ResBlocks a level) at 32 channels:
+# what AnimateDiff's motion modules fit. Its latents need 8 x 8 pixels or more.
+TINY_SD15_UNET = dict(
+    TINY_UNET, channel_mult=[1, 2, 4, 4], num_res_blocks=[2, 2, 2, 2], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+    transformer_depth_output=[1] * 9 + [0] * 3, num_heads=8,
+)
+LAYOUTS = {"tiny": TINY_UNET, "sd1.5": TINY_SD15_UNET}
 TOKENS = 7
 
 
-def tiny_model(context_dim=768, seed=0):
-    """A random SD1.x-layout image MODEL (15 temporal sites), small enough for the CPU."""
+def tiny_model(context_dim=768, seed=0, layout="tiny"):
+    """A random image MODEL of an SD 1.x layout (LAYOUTS: "tiny" has 15 Video LDM
+    temporal sites, "sd1.5" is SD 1.5's), small enough for the CPU."""
     import comfy.model_base
     import comfy.supported_models
 
-    config = comfy.supported_models.SD15(dict(TINY_UNET, context_dim=context_dim))
+    config = comfy.supported_models.SD15(dict(LAYOUTS[layout], context_dim=context_dim))
     return random_weights(comfy.model_base.BaseModel(config, device="cpu"), seed)
 
 
@@ -125,15 +134,15 @@ class TinyModelLoader:
         return {"required": {
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
             "context_dim": ("INT", {"default": 768, "min": 8, "max": 4096}),
-        }}
+        }, "optional": {"layout": (list(LAYOUTS), {"default": "tiny"})}}
 
     RETURN_TYPES = ("MODEL", "CONDITIONING", "CONDITIONING")
     RETURN_NAMES = ("model", "positive", "negative")
     FUNCTION = "load"
     CATEGORY = "testing"
 
-    def load(self, seed, context_dim):
-        return (tiny_model(context_dim, seed), *tiny_conds(context_dim, seed))
+    def load(self, seed, context_dim, layout="tiny"):
+        return (tiny_model(context_dim, seed, layout), *tiny_conds(context_dim, seed))
 
 
 class TinyUpscalerLoader:
@@ -281,6 +290,8 @@ class Comfy:
         folder_paths.set_output_directory(os.path.join(self.root, "output"))
         folder_paths.set_temp_directory(os.path.join(self.root, "temp"))
         folder_paths.models_dir = os.path.join(self.root, "models")
+        folder_paths.add_model_folder_path("checkpoints", os.path.join(folder_paths.models_dir, "checkpoints"), is_default=True)
+        place_downloads(folder_paths.models_dir)
         custom_nodes = os.path.join(self.root, "custom_nodes")
         os.makedirs(custom_nodes)
         self.pack_dir = os.path.join(custom_nodes, PACK_NAME)

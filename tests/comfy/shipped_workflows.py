@@ -61,7 +61,7 @@ def image_model(title=None):
 
 
 def patched(key, layers, title):
-    return node(key, "VLDM_TemporalUNetPatcher", (2, 0), title, model=link("loader", "MODEL"), temporal_layers=layers)
+    return node(key, "VLDM_TemporalUNetPatcher", (2, 0), title, model=link("loader", "MODEL"), temporal_layers=layers, scale=1.0)
 
 
 def conditioned(model, **inputs):
@@ -110,7 +110,8 @@ def upscaled(images, frame_rate, band=1):
         node("upscaler_loader", "VLDM_BundleUpscalerLoader", (1, band), bundle=BUNDLE),
         node("upscaler_positive", "CLIPTextEncode", (1, band), "Upscaler positive prompt", text=PROMPT, clip=link("upscaler_loader", "CLIP")),
         node("upscaler_negative", "CLIPTextEncode", (1, band), "Upscaler negative prompt", text="", clip=link("upscaler_loader", "CLIP")),
-        node("upscaler_model", "VLDM_TemporalUNetPatcher", (2, band), "Upscaler temporal layers", model=link("upscaler_loader", "MODEL"), temporal_layers=LAYERS["upscaler"]),
+        node("upscaler_model", "VLDM_TemporalUNetPatcher", (2, band), "Upscaler temporal layers", model=link("upscaler_loader", "MODEL"), temporal_layers=LAYERS["upscaler"],
+             scale=1.0),
         node("upscale", "VLDM_VideoUpscaler", (3, band), model=link("upscaler_model", "MODEL"), positive=link("upscaler_positive", "CONDITIONING"),
              negative=link("upscaler_negative", "CONDITIONING"), images=images, noise_augmentation=0.1, tile_size=128, tile_overlap=32,
              window_frames=0, window_overlap=2, **UPSCALING, frame_rate=frame_rate),
@@ -128,6 +129,37 @@ Files go in `models/temporal_layers` and `models/temporal_decoders`; `python -m 
 
 def note(title, text, parts="choose a temporal-layer file trained for SD in the Temporal UNet Patcher"):
     return node("note", "MarkdownNote", (0, 0), "About this workflow", text=f"## {title}\n\n{text}\n{SWAP.format(parts=parts)}")
+
+
+MOTION_MODULE = "mm_sd_v15_v2.safetensors"
+SD15_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+# Workflows for files a user downloads: {name: {model folder: [file names]}}. The tests put empty
+# stand-ins there so the workflow validates and opens; its nodes run in test_motion_modules.py.
+DOWNLOADS = {"8_animatediff_motion_module": {"checkpoints": [SD15_CHECKPOINT], "animatediff_models": [MOTION_MODULE]}}
+
+
+def place_downloads(models_dir):
+    """Empty stand-ins for the DOWNLOADS files under ``models_dir`` (a real file is never replaced)."""
+    for folders in DOWNLOADS.values():
+        for folder, names in folders.items():
+            os.makedirs(os.path.join(models_dir, folder), exist_ok=True)
+            for name in names:
+                open(os.path.join(models_dir, folder, name), "a").close()
+
+
+MOTION_NOTE = f"""## Text to video with an AnimateDiff motion module
+
+An AnimateDiff motion module is a set of temporal layers trained once on SD 1.5: the Temporal UNet Patcher inserts it into \
+any SD 1.5 checkpoint (fine-tunes and DreamBooths included), and the Keyframe Sampler denoises 16 frames jointly \
+(2 seconds at 8 fps). `scale` is the motion strength: 1 as trained, 0 the image model.
+
+**Files.** Put the checkpoint (`{SD15_CHECKPOINT}`, or any SD 1.5 model) in `models/checkpoints` and the motion module \
+(`{MOTION_MODULE}`, `mm_sd_v15.safetensors`, or v3's `v3_sd15_mm.safetensors`) in `models/animatediff_models` \
+(AnimateDiff-Evolved's folder, shared) or `models/temporal_layers`. A `.ckpt` is never opened: the patcher's message \
+gives the one-line conversion to `.safetensors`.
+
+**Longer or denser video.** v1 modules take up to 24 frames, v2 and v3 up to 32. The Masked Predictor and the 4x \
+Interpolator need a context branch trained on top of the module: see the README's "Use AnimateDiff motion modules"."""
 
 
 GRAPHS = {
@@ -218,6 +250,18 @@ GRAPHS = {
         INTERPOLATION_LAYERS,
         interpolated("interpolated", link("key_frames", "LATENT"), (4, 0)),
         *decoded_and_saved("frames", link("interpolated", "LATENT"), NO_DECODER, "own_checkpoint", (3, 1)),
+    ],
+    "8_animatediff_motion_module": [
+        node("note", "MarkdownNote", (0, 0), "About this workflow", text=MOTION_NOTE),
+        node("loader", "CheckpointLoaderSimple", (1, 0), "Load an SD 1.5 checkpoint", ckpt_name=SD15_CHECKPOINT),
+        node("positive", "CLIPTextEncode", (1, 0), "Positive prompt", text="a fox running through snowy woods, golden hour, highly detailed", clip=link("loader", "CLIP")),
+        node("negative", "CLIPTextEncode", (1, 0), "Negative prompt", text="blurry, low quality, watermark", clip=link("loader", "CLIP")),
+        node("motion_model", "VLDM_TemporalUNetPatcher", (2, 0), "AnimateDiff motion module", model=link("loader", "MODEL"), temporal_layers=MOTION_MODULE, scale=1.0),
+        node("key_frames", "VLDM_KeyframeSampler", (3, 0), **conditioned("motion_model", frames=16, width=512, height=512, frame_rate=8.0,
+                                                                          seed=0, steps=20, cfg=7.5, sampler_name="euler", scheduler="normal")),
+        node("frames", "VAEDecode", (4, 0), samples=link("key_frames", "LATENT"), vae=link("loader", "VAE")),
+        node("video", "CreateVideo", (4, 0), images=link("frames", "IMAGE"), fps=8.0),
+        saved("save", link("video", "VIDEO"), "animatediff", (5, 0)),
     ],
 }
 

@@ -24,7 +24,7 @@ import urllib.request
 import pytest
 
 from cpu_comfyui import PACK_NAME
-from shipped_workflows import FOLDER, GRAPHS, REPO, input_definitions, is_widget, path, to_prompt
+from shipped_workflows import FOLDER, GRAPHS, REPO, input_definitions, is_widget, path, place_downloads, to_prompt
 
 CHROMIUM = os.environ.get("VLDM_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 sync_api = pytest.importorskip("playwright.sync_api", reason="the frontend tests need the playwright package (pip install playwright)")
@@ -59,6 +59,7 @@ def server():
     base = tempfile.mkdtemp(prefix="vldm-server-")
     os.makedirs(os.path.join(base, "custom_nodes"))
     os.symlink(REPO, os.path.join(base, "custom_nodes", PACK_NAME))
+    place_downloads(os.path.join(base, "models"))
     port = free_port()
     log = open(os.path.join(base, "server.log"), "w+")
     process = subprocess.Popen(

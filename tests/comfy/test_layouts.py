@@ -55,3 +55,22 @@ def test_temporal_layers_build_for_sd15_on_meta(comfy):
     temporal = sum(p.numel() for p in layers.parameters())
     spatial = sum(p.numel() for p in unet.parameters())
     assert 0.2 < temporal / spatial < 1.0  # same order as the paper's added parameters
+
+
+@pytest.mark.parametrize("version, placement, modules", [("v1", "motion_modules", 20), ("v2", "motion_modules_mid", 21)])
+def test_motion_module_sites_of_sd15_are_animatediffs(comfy, version, placement, modules):
+    import math
+
+    from animatediff_reference import _module_shapes, motion_module_sites
+
+    from vldm_core.motion_module import MotionModuleConfig
+
+    unet = comfy_unet(SD15)
+    layout = find_layout(unet, placement)
+    reference = motion_module_sites(unet, version)
+    assert [(s.motion_module, s.channels) for s in layout.sites] == [(name, channels) for name, _, channels in reference]
+    assert len(layout.sites) == modules and {s.channels for s in layout.sites} == {320, 640, 1280}
+    with torch.device("meta"):
+        layers = TemporalLayers(layout, MotionModuleConfig())
+    published = sum(math.prod(shape) for _, _, c in reference for _, shape, kind in _module_shapes(c) if kind != "pe")
+    assert sum(p.numel() for p in layers.parameters()) == published

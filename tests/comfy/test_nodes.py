@@ -135,7 +135,8 @@ def test_pack_loads_with_its_nodes_and_a_safetensors_only_model_folder(comfy, br
         assert set(layer_files) <= set(listed)
         assert not [name for name in listed if not name.endswith(".safetensors")]
         options = comfy.nodes.NODE_CLASS_MAPPINGS["VLDM_TemporalUNetPatcher"].INPUT_TYPES()["required"]["temporal_layers"][1]["options"]
-        assert options == [FRESH] + listed and FRESH == bridge.FRESH
+        motion_modules = [name for name in comfy.folder_paths.get_filename_list("animatediff_models") if name not in listed]  # AnimateDiff-Evolved's folder, after
+        assert options == [FRESH] + listed + motion_modules and FRESH == bridge.FRESH
     finally:
         for path in pickles:
             os.remove(path)

@@ -10,7 +10,7 @@ import re
 import av
 import pytest
 
-from shipped_workflows import FOLDER, GRAPHS, build, path, text, to_prompt
+from shipped_workflows import DOWNLOADS, FOLDER, GRAPHS, build, path, text, to_prompt
 
 # What each workflow's Save Video nodes write: {filename prefix: (frames, width and height, frames per second)}.
 VIDEOS = {
@@ -26,7 +26,7 @@ VIDEOS = {
 
 def test_every_workflow_is_shipped_and_checked():
     shipped = {os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(FOLDER, "*.json"))}
-    assert shipped == set(GRAPHS) == set(VIDEOS)
+    assert shipped == set(GRAPHS) == set(VIDEOS) | set(DOWNLOADS)
 
 
 @pytest.mark.parametrize("name", GRAPHS)
@@ -59,7 +59,7 @@ def video_shape(file):
         return frames, stream.width, stream.height, float(stream.average_rate)
 
 
-@pytest.mark.parametrize("name", GRAPHS)
+@pytest.mark.parametrize("name", VIDEOS)
 def test_workflow_runs_to_its_videos(comfy, name):
     with open(path(name)) as f:
         prompt = to_prompt(json.load(f), comfy.nodes.NODE_CLASS_MAPPINGS)
@@ -70,3 +70,18 @@ def test_workflow_runs_to_its_videos(comfy, name):
     for prefix, (frames, size, fps) in VIDEOS[name].items():
         file = os.path.join(comfy.folder_paths.get_output_directory(), os.path.relpath(written[prefix], "output"))
         assert video_shape(file) == (frames, size, size, fps), prefix
+
+
+@pytest.mark.parametrize("name", DOWNLOADS)
+def test_a_workflow_for_downloaded_files_validates_and_names_them_in_its_note(comfy, name):
+    """Its pack nodes run in test_motion_modules.py on a tiny model; here the graph
+    as shipped is checked to be a valid prompt once the files are in place."""
+    import asyncio
+
+    with open(path(name)) as f:
+        workflow = json.load(f)
+    valid = asyncio.run(comfy.execution.validate_prompt("check", to_prompt(workflow, comfy.nodes.NODE_CLASS_MAPPINGS), None))
+    assert valid[0], valid[1:]
+    note = next(n for n in workflow["nodes"] if n["type"] == "MarkdownNote")["widgets_values"][0]
+    for folder, names in DOWNLOADS[name].items():
+        assert f"models/{folder}" in note and all(f"`{n}`" in note for n in names)
