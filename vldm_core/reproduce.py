@@ -73,14 +73,15 @@ def mean_rows(per_video):
     return rows
 
 
-def world_scores(video, caption):
-    """The world metrics of a pixel video (acceleration per frame squared: compare videos of one frame rate)."""
-    s = score(video, caption)
+def world_scores(video, caption, fps):
+    """The world metrics of a pixel video at ``fps`` (acceleration per frame squared: compare videos of one frame rate)."""
+    s = score(video, caption, fps)
     return {
         "identity": s.identity_consistency,
         "colours": s.colour_consistency,
         "caption": s.caption_agreement,
         "acceleration": s.acceleration,
+        "teleports": s.teleports,
         "flicker": s.background_flicker,
     }
 
@@ -179,9 +180,9 @@ def measure_scene(run, scene, index):
     keys_image = run.key_frames(caption, index, None)
     first = run.decode(keys).cpu()
     results["key frames"] = {
-        "world (ground truth)": world_scores(scene.clip(keys.shape[0], key_rate, size), caption),
-        "image LDM, frame by frame": world_scores(run.decode(keys_image).cpu(), caption),
-        "Video LDM key frames": world_scores(first, caption),
+        "world (ground truth)": world_scores(scene.clip(keys.shape[0], key_rate, size), caption, key_rate),
+        "image LDM, frame by frame": world_scores(run.decode(keys_image).cpu(), caption, key_rate),
+        "Video LDM key frames": world_scores(first, caption, key_rate),
     }
 
     window, context = model.prediction.train_frames, settings.context_frames
@@ -204,7 +205,7 @@ def measure_scene(run, scene, index):
     held = keys.repeat_interleave(4, dim=0)[: dense.shape[0]]
     interpolated = {False: run.decode(dense).cpu(), True: run.decode(dense, temporal=True).cpu()}  # by the image and the temporal decoder
     results["interpolation"] = {
-        name: {**world_scores(video, caption), "motion evenness": motion_evenness(video)}
+        name: {**world_scores(video, caption, rate), "motion evenness": motion_evenness(video)}
         for name, video in (("world (ground truth)", scene.clip(dense.shape[0], rate, size)), ("key frames held 4x", run.decode(held).cpu()), ("4x interpolated", interpolated[False]))
     }
 
@@ -216,8 +217,8 @@ def measure_scene(run, scene, index):
         results["decoder"][name] = {
             "psnr (world clips)": psnr(video, truth),
             "temporal error (world clips)": temporal_error(video, truth),
-            "flicker (world clips)": world_scores(video, caption)["flicker"],
-            "flicker (generated)": world_scores(interpolated[temporal], caption)["flicker"],
+            "flicker (world clips)": world_scores(video, caption, rate)["flicker"],
+            "flicker (generated)": world_scores(interpolated[temporal], caption, rate)["flicker"],
         }
     run.progress()
 
@@ -228,7 +229,7 @@ def measure_scene(run, scene, index):
         results["upscaler"] = {}
         for name, variant in (("frame by frame", replace(upscaler, layers=None)), ("temporal upscaler", upscaler)):
             video = upscale(variant, settings, model.text_encoder, caption, low, lambda *_: None).cpu()
-            results["upscaler"][name] = {"psnr": psnr(video, high), "temporal error": temporal_error(video, high), "flicker": world_scores(video, caption)["flicker"]}
+            results["upscaler"][name] = {"psnr": psnr(video, high), "temporal error": temporal_error(video, high), "flicker": world_scores(video, caption, rate)["flicker"]}
         run.progress()
     return results
 

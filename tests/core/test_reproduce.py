@@ -24,10 +24,11 @@ def scene():
 
 def test_the_world_scores_exactly_on_its_own_clips(scene):
     clip = scene.clip(12, 8.0, 32)
-    scores = world_scores(clip, scene.caption)
-    assert scores["identity"] == 1 and scores["caption"] == 1 and scores["flicker"] == 0
-    shuffled = world_scores(clip[torch.randperm(12, generator=torch.Generator().manual_seed(0))], scene.caption)
+    scores = world_scores(clip, scene.caption, 8.0)
+    assert scores["identity"] == 1 and scores["caption"] == 1 and scores["flicker"] == 0 and scores["teleports"] == 0
+    shuffled = world_scores(clip[torch.randperm(12, generator=torch.Generator().manual_seed(0))], scene.caption, 8.0)
     assert scores["acceleration"] < 3e-3 < shuffled["acceleration"]
+    assert shuffled["teleports"] > 0
 
 
 def test_motion_evenness_is_near_1_for_the_world_and_near_a_quarter_for_key_frames_held_4x(scene):

@@ -30,8 +30,8 @@ def test_the_seeds_cover_the_world():
 def test_ground_truth_renders_score_exactly(size):
     for seed in SEEDS:
         world, video = render(seed, size)
-        scores = score(video, world.caption)
-        assert scores.identity_consistency == 1.0 and scores.caption_agreement == 1.0
+        scores = score(video, world.caption, FPS)
+        assert scores.identity_consistency == 1.0 and scores.caption_agreement == 1.0 and scores.teleports == 0.0
         assert scores.objects == tuple(sorted(world.objects))
         assert scores.acceleration < 0.004  # a tenth of a pixel at 32x32; bounces fall in the trimmed tail
         assert scores.background_flicker < 1e-4
@@ -64,6 +64,15 @@ def test_shuffled_frames_move_far_less_smoothly():
         smooth, jumpy = score(video), score(shuffled)
         assert jumpy.acceleration > 0.05 and jumpy.acceleration > 20 * smooth.acceleration
         assert jumpy.identity_consistency == 1.0  # the same objects, in the wrong order
+
+
+def test_an_object_that_jumps_counts_as_a_teleport_and_the_worlds_own_motion_does_not():
+    world = World.from_seed(2)  # one object
+    steady = world.clip(FRAMES, 2.0, 64, start=1)  # 2 fps: steps up to the world's largest
+    assert len(world.movers) == 1 and score(steady, fps=2.0).teleports == 0.0
+    jumped = torch.cat([steady[:8], world.clip(8, 2.0, 64, start=31)])  # from frame 8 on, the scene 26 s later: 0.78 of the frame away
+    assert score(jumped, fps=2.0).teleports == pytest.approx(1 / (FRAMES - 1))
+    assert score(steady).teleports is None
 
 
 def test_background_brightness_noise_raises_flicker():

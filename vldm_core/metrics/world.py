@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..world import EDGE, PALETTE, SHAPES, SIZE_RANGE, coverage, parse_caption, to_unit_rgb
+from ..world import EDGE, PALETTE, SHAPES, SIZE_RANGE, SPEED_RANGE, coverage, parse_caption, to_unit_rgb
 
 COLOURS = tuple(PALETTE)
 # RGB distance in [-1, 1] units (~51 of 255 levels). The closest any mix of two
@@ -37,6 +37,7 @@ TOLERANCE = 0.4
 MIN_AREA = 0.25 * 0.5 * SIZE_RANGE[0] ** 2
 MIN_SHAPE_FIT = 0.5  # below this a blob is no shape; ground-truth shapes fit above 0.9 at 32x32
 KEPT = 0.75  # share of the smallest second differences averaged (the rest: bounces, detection slips)
+TELEPORT = 3.0  # a centroid step this many times the world's fastest motion is no motion the world makes
 HALO = 0.05  # foreground grown by this share of the short side (2 px at least) before the background is measured
 
 # Each shape's centroid offset and variances in its box [-1, 1]^2 (v down): a
@@ -78,7 +79,11 @@ class WorldScores:
     squared (0 for constant velocity; it grows as 1 / fps^2, so compare videos
     of one fps; nan if no object is seen in three frames in a row).
     ``background_flicker``: mean absolute change, frame to frame, of pixels
-    that are background in both frames (nan for a single frame)."""
+    that are background in both frames (nan for a single frame).
+    ``teleports``: share of consecutive frame pairs, over the objects seen in
+    both, where an object's centroid moves more than ``TELEPORT`` times the
+    world's fastest speed: it vanished here and appeared there (None without
+    the video's frame rate, nan if no object is seen twice in a row)."""
 
     identity_consistency: float
     colour_consistency: float
@@ -86,6 +91,7 @@ class WorldScores:
     acceleration: float
     background_flicker: float
     objects: tuple
+    teleports: float | None = None
 
 
 # --- segmentation ---------------------------------------------------------------
@@ -267,6 +273,18 @@ def trimmed_acceleration(centres):
     return float(sizes[:max(1, round(KEPT * len(sizes)))].mean())
 
 
+def teleport_rate(centres, fps):
+    """Share of the frame-to-frame centroid steps of ``centres`` (tracks) longer
+    than ``TELEPORT`` times the world's largest speed at ``fps``. The world's
+    objects move at most ``SPEED_RANGE[1]`` frames a second and bounce without
+    losing speed, so a longer step is a jump, never motion."""
+    steps = torch.linalg.vector_norm(centres[:, 1:] - centres[:, :-1], dim=-1).flatten()
+    steps = steps[~steps.isnan()]
+    if not len(steps):
+        return float("nan")
+    return float((steps > TELEPORT * SPEED_RANGE[1] / fps).double().mean())
+
+
 def flicker(video, still):
     """Mean absolute change (over channels) of pixels ``still`` (background)
     in two consecutive frames."""
@@ -275,21 +293,23 @@ def flicker(video, still):
     return float(change[both].mean()) if both.any() else float("nan")
 
 
-def score(video, caption=None):
-    """``WorldScores`` of ``video (T, 3, H, W)`` in [-1, 1], and of its
-    agreement with ``caption`` if one is given."""
+def score(video, caption=None, fps=None):
+    """``WorldScores`` of ``video (T, 3, H, W)`` in [-1, 1], of its agreement
+    with ``caption`` if one is given, and its teleports at ``fps`` if given."""
     video = video.detach().float().cpu()
     labels, still = segment(video)
     found = [objects_in(*frame) for frame in zip(video, labels, still)]
     per_frame = [identities(detections) for detections in found]
     common = Counter(per_frame).most_common(1)[0][0]
+    centres = tracks(found)
     colours = [tuple(colour for colour, _ in objects) for objects in per_frame]
     named = tuple(sorted(parse_caption(caption))) if caption is not None else None
     return WorldScores(
         identity_consistency=sum(s == common for s in per_frame) / len(per_frame),
         colour_consistency=Counter(colours).most_common(1)[0][1] / len(colours),
         caption_agreement=sum(s == named for s in per_frame) / len(per_frame) if named is not None else None,
-        acceleration=trimmed_acceleration(tracks(found)),
+        acceleration=trimmed_acceleration(centres),
         background_flicker=flicker(video, still),
         objects=common,
+        teleports=teleport_rate(centres, fps) if fps else None,
     )
