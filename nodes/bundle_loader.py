@@ -43,11 +43,11 @@ from comfy.sd1_clip import escape_important, token_weights, unescape_important
 from comfy_api.latest import io
 
 from ..vldm_core.autoencoder import COMFY_VAE_GROUPS
+from ..vldm_core.file_checks import WeightFileError
 from ..vldm_core.model_files import load_model
 from ..vldm_core.pipeline import BUNDLE, read_bundle
 from ..vldm_core.text_encoder import WORD, TextEncoder
 from ..vldm_core.train.upscaler_job import MAX_NOISE_LEVEL
-from ..vldm_core.weights import WeightFileError
 from .comfy_bridge import DECODER_FOLDER, FOLDER
 
 BUNDLE_FOLDER = "video_ldm"

@@ -11,7 +11,7 @@ export PIP_ROOT_USER_ACTION=ignore
 pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
 
 "$PY" -c "import torch" 2>/dev/null || pip_install torch==2.13.0
-pip_install -r requirements.txt pytest
+pip_install -r requirements.txt pytest hypothesis
 
 if [ -n "${COMFYUI_PATH:-}" ]; then
   constraints=$(mktemp)

@@ -4,16 +4,15 @@ builds its model without code knowing its sizes, and a wrong file is refused."""
 
 import json
 import os
-from dataclasses import fields
 
-import safetensors
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .autoencoder import AutoencoderConfig, AutoencoderKL
+from .file_checks import config_from, open_safetensors
 from .text_encoder import TextEncoder, TextEncoderConfig
 from .unet import UNetConfig, UNetModel
-from .weights import WeightFileError
+from .weights import DAMAGED
 
 FORMAT = "vldm.model"
 KINDS = {"unet": (UNetModel, UNetConfig), "autoencoder": (AutoencoderKL, AutoencoderConfig), "text_encoder": (TextEncoder, TextEncoderConfig)}
@@ -36,23 +35,16 @@ def save_model(model, path, overwrite=False, **extra):
 
 
 def load_model(path, kind):
-    """(model, metadata) from a file of ``kind``, in eval mode."""
-    name = os.path.basename(str(path))
-    try:
-        with safetensors.safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except (safetensors.SafetensorError, OSError) as e:
-        raise WeightFileError(f"{name} is not a readable safetensors file ({e}): save it again") from e
-    if metadata.get("format") != FORMAT:
-        raise WeightFileError(f"{name} is not one of this pack's model files (its metadata lacks format='{FORMAT}')")
-    if metadata.get("kind") != kind:
-        raise WeightFileError(f"{name} is a model file of kind {metadata.get('kind')!r}; this needs kind {kind!r}")
+    """(model, metadata) from a file of ``kind``, in eval mode; the file's config,
+    shapes and values are checked before the model is built."""
+    header = open_safetensors(path, DAMAGED, what="model files")
+    if header.metadata.get("format") != FORMAT:
+        raise header.refuse(f"is not one of this pack's model files (its metadata lacks format='{FORMAT}')", "pick a file that python -m vldm_core.train exported")
+    if header.metadata.get("kind") != kind:
+        raise header.refuse(f"is a model file of kind {header.metadata.get('kind')!r}; this needs kind {kind!r}", "pick the file of that part")
+    header.prediction_type()
+    if "latent_scale" in header.metadata:
+        header.number("latent_scale", low=1e-6, high=1e6)
     cls, config_cls = KINDS[kind]
-    values = json.loads(metadata["config"])
-    known = {f.name for f in fields(config_cls)}
-    if set(values) - known:
-        raise WeightFileError(f"{name} has config keys {sorted(set(values) - known)} this pack does not know: update the pack")
-    config = config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-    model = cls(config)
-    model.load_state_dict(load_file(str(path)))
-    return model.eval(), metadata
+    config = config_from(config_cls, header.json("config"), header.refuse)
+    return header.build(lambda: cls(config)).eval(), header.metadata

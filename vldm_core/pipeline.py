@@ -24,7 +24,8 @@ from .sampling import Denoiser, alphas_cumprod, discrete_sigmas, sample_guided, 
 from .temporal_decoder import decode_frames, decode_video, find_decoder_layout
 from .train.upscaler_job import MAX_NOISE_LEVEL, X4_SCHEDULE, augment_low_res
 from .unet_layout import eject, find_layout, inject
-from .weights import WeightFileError, load_temporal_layers
+from .file_checks import WeightFileError, is_whole, read_json
+from .weights import load_temporal_layers
 from .windows import map_video, spans
 
 BUNDLE = "bundle.json"
@@ -94,6 +95,9 @@ class Settings:
             raise ValueError(f"seconds {self.seconds}: ask for a positive length")
 
 
+MAX_KEY_FRAME_RATE = 240.0
+MAX_FRAME_SIDE = 4096
+REQUIRED_PARTS = ("text_encoder", "autoencoder", "unet", "keyframe")
 PARTS = (
     "text_encoder", "autoencoder", "unet", "keyframe", "prediction", "interpolation", "temporal_decoder",
     "upscaler_unet", "upscaler_autoencoder", "upscaler_layers",
@@ -104,12 +108,30 @@ def write_bundle(folder, files, key_frame_rate, frame_size):
     """``bundle.json`` for model files already in ``folder``: ``files`` maps each
     of PARTS to its file name, relative to the folder (keyframe and prediction,
     or prediction and interpolation, may name one file)."""
-    missing = [name for name in ("text_encoder", "autoencoder", "unet", "keyframe") if name not in files]
+    missing = [name for name in REQUIRED_PARTS if name not in files]
     if missing:
         raise ValueError(f"a bundle needs at least {', '.join(missing)}")
     bundle = {"format": FORMAT, "key_frame_rate": key_frame_rate, "frame_size": list(frame_size), "files": files}
     with open(os.path.join(folder, BUNDLE), "w") as f:
         json.dump(bundle, f, indent=2)
+
+
+def bundle_problem(bundle):
+    """What is wrong with bundle.json's fields, in words, or None."""
+    rate, size, files = bundle.get("key_frame_rate"), bundle.get("frame_size"), bundle["files"]
+    if not (is_whole(rate) or isinstance(rate, float)) or not 0 < rate <= MAX_KEY_FRAME_RATE:
+        return f"has key_frame_rate {str(rate)[:20]!r}; it is frames a second, above 0 and at most {MAX_KEY_FRAME_RATE}"
+    if not (isinstance(size, list) and len(size) == 2 and all(is_whole(side) and 8 <= side <= MAX_FRAME_SIDE for side in size)):
+        return f"has frame_size {str(size)[:30]!r}; it is [height, width] in pixels, 8 to {MAX_FRAME_SIDE} each"
+    unknown = sorted(set(files) - set(PARTS))
+    if unknown:
+        return f"names parts {unknown[:3]} this pack does not know (its parts: {', '.join(PARTS)})"
+    missing = [part for part in REQUIRED_PARTS if part not in files]
+    if missing:
+        return f"lacks the files of {', '.join(missing)}"
+    if not all(isinstance(file, str) for file in files.values()):
+        return "names a file by something other than a path"
+    return None
 
 
 def read_bundle(folder, name=None):
@@ -122,14 +144,13 @@ def read_bundle(folder, name=None):
             f"the folder {name!r} ({folder}) has no {BUNDLE}: a Video LDM bundle is a folder holding its {BUNDLE} and the model files it names; "
             "copy the whole bundle folder again (an SD checkpoint goes in models/checkpoints and loads with Load Checkpoint)"
         )
-    try:
-        with open(path, encoding="utf-8") as f:
-            bundle = json.load(f)
-    except ValueError as e:
-        raise WeightFileError(f"{name}/{BUNDLE} is not valid JSON ({e}): copy the bundle folder again") from e
+    bundle = read_json(path, "copy the bundle folder again", WeightFileError)
     if not isinstance(bundle, dict) or bundle.get("format") != FORMAT or not isinstance(bundle.get("files"), dict):
         found = bundle.get("format") if isinstance(bundle, dict) else None
         raise WeightFileError(f"{name}/{BUNDLE} is not a Video LDM model bundle (format {found!r}, expected {FORMAT!r} with a 'files' table): copy the bundle folder again")
+    problem = bundle_problem(bundle)
+    if problem:
+        raise WeightFileError(f"{name}/{BUNDLE} {problem}: copy the bundle folder again, or write it with python -m vldm_core bundle")
     root = os.path.normpath(folder)
     files = {}
     for part, file in bundle["files"].items():

@@ -17,15 +17,17 @@ while the video layers are in.
 
 import json
 import weakref
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from einops import rearrange
 from torch import nn
 
+from .file_checks import config_from
 from .temporal import frames_of_call
 
 BLOCK_GROUPS = ("input_blocks", "middle_block", "output_blocks")
 TEMPORAL_SUFFIX = "_temporal"
+MAX_SITES = 1024  # SD 1.5 has 32 Video LDM sites, SDXL 92
 PLACEMENTS = {
     "videoldm": "a temporal layer after every ResBlock and SpatialTransformer (Video LDM)",
     "motion_modules": "a motion module after the last ResBlock or SpatialTransformer of every down and up block (AnimateDiff v1, v3)",
@@ -69,9 +71,19 @@ class UNetLayout:
 
     @classmethod
     def from_json(cls, text):
-        values = json.loads(text)
-        values["sites"] = tuple(InsertionSite(**s) for s in values["sites"])
-        return cls(**values)
+        return cls.from_values(json.loads(text), ValueError)
+
+    @classmethod
+    def from_values(cls, values, refuse):
+        """The layout ``to_json`` wrote, every field typed (file_checks.config_from);
+        ``refuse(problem)`` makes the error for values that are not a layout."""
+        sites = values.get("sites") if isinstance(values, dict) else None
+        if not isinstance(sites, list) or len(sites) > MAX_SITES:
+            raise refuse(f"has a UNet layout whose sites are not a list of at most {MAX_SITES}")
+        layout = replace(config_from(cls, {**values, "sites": ()}, refuse), sites=tuple(config_from(InsertionSite, s, refuse) for s in sites))
+        if layout.placement not in PLACEMENTS:
+            raise refuse(f"has a UNet layout placed as {layout.placement[:40]!r}; this pack places layers as {sorted(PLACEMENTS)}")
+        return layout
 
     def mismatch(self, other, target="MODEL"):
         """Why temporal layers built for ``self`` do not fit a ``target`` (MODEL or VAE) of layout ``other``, or None."""

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import safetensors
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from .file_checks import WeightFileError, config_from, open_safetensors
 from .motion_module import MotionModuleConfig
 from .temporal import TemporalConfig, TemporalLayers
 from .unet_layout import UNetLayout
@@ -28,11 +29,8 @@ FORMAT = "vldm.temporal_layers"
 FORMAT_VERSION = 2  # 2 adds the layer family and the layout's placement; version-1 files hold Video LDM layers
 FAMILIES = {"videoldm": TemporalConfig, "motion_module": MotionModuleConfig}
 MODES = ("keyframe", "prediction", "interpolation", "upscaler", "decoder")
-PICKLES = (".ckpt", ".pt", ".pth", ".bin")
-
-
-class WeightFileError(ValueError):
-    pass
+MAX_FRAMES = 4096  # the most frames a window of temporal layers may have been trained on
+DAMAGED = "the file is damaged or was edited; download or export it again"
 
 
 STORAGE = {"float32": torch.float32, "float16": torch.float16}  # how exported weights may be stored; they load as float32
@@ -45,7 +43,13 @@ def store_as(path, dtype):
     with safetensors.safe_open(str(path), framework="pt") as f:
         metadata = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    save_file({k: v.to(STORAGE[dtype]) if v.is_floating_point() else v for k, v in tensors.items()}, str(path), metadata=metadata)
+    stored = {k: v.to(STORAGE[dtype]) if v.is_floating_point() else v for k, v in tensors.items()}
+    overflow = [k for k, v in stored.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if overflow:
+        raise ValueError(f"{path}: {overflow[0]} does not fit {dtype} (values beyond its range); export with dtype = \"float32\"")
+    temporary = f"{path}.tmp"
+    save_file(stored, temporary, metadata=metadata)
+    os.replace(temporary, path)  # a crash mid-write leaves the exported file whole
 
 
 def family_of(config):
@@ -85,34 +89,8 @@ def conversion_command(path):
 
 
 def read_header(path):
-    """``(metadata, shapes)`` of a safetensors file, its tensors left unread."""
-    name = os.path.basename(path)
-    if str(path).endswith(PICKLES):
-        raise WeightFileError(f"{name} is a pickled file, which this pack never opens (it could run any code): convert it to safetensors once with {conversion_command(path)}")
-    if not str(path).endswith(".safetensors"):
-        raise WeightFileError(f"{name}: temporal layers load from .safetensors files only (pickled .ckpt/.pt files are never opened)")
-    try:
-        with safetensors.safe_open(path, framework="pt") as f:
-            return f.metadata() or {}, {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except (safetensors.SafetensorError, OSError) as e:
-        raise WeightFileError(f"{name} is not a readable safetensors file ({e}); it may be truncated or corrupt: download or save it again") from e
-
-
-def state_problems(expected, state, optional=()):
-    """What keeps the tensors ``state`` from loading into a module whose state dict
-    is ``expected`` (keys in ``optional`` may be absent), in words; [] where they fit."""
-    missing = sorted(set(expected) - set(state) - set(optional))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = [f"{k} is {tuple(state[k].shape)}, not {tuple(expected[k].shape)}" for k in expected if k in state and state[k].shape != expected[k].shape]
-    return [
-        problem
-        for problem in (
-            f"{len(missing)} tensors missing (e.g. {missing[:3]})" if missing else "",
-            f"{len(unexpected)} tensors it should not have (e.g. {unexpected[:3]})" if unexpected else "",
-            f"wrong shapes: {'; '.join(wrong_shape[:3])}" if wrong_shape else "",
-        )
-        if problem
-    ]
+    """The header of a temporal-layer file (file_checks.Safetensors), its tensors left unread."""
+    return open_safetensors(path, DAMAGED, pickled=f"convert it to safetensors once with {conversion_command(path)}", what="temporal layers")
 
 
 def load_temporal_layers(path, layout_of, ops=nn, prediction_type=None, target="MODEL") -> TemporalLayers:
@@ -121,44 +99,50 @@ def load_temporal_layers(path, layout_of, ops=nn, prediction_type=None, target="
     placement is ``layout_of(placement)`` (unet_layout.PLACEMENTS; e.g.
     ``functools.partial(find_layout, unet)``), or is ``layout_of`` where that is a
     UNetLayout (a decoder has one placement)."""
-    name = os.path.basename(path)
     if isinstance(layout_of, UNetLayout):
         layout_of = (lambda layout: lambda placement: layout)(layout_of)
-    metadata, shapes = read_header(path)
-    if metadata.get("format") == FORMAT:
-        layers = _pack_layers(name, metadata, layout_of, ops, prediction_type, target)
-        state = load_file(path)
-    elif is_motion_module(shapes):
+    header = read_header(path)
+    name = header.name
+    if header.metadata.get("format") == FORMAT:
+        layers = _pack_layers(header, layout_of, ops, prediction_type, target)
+    elif is_motion_module(header.shapes):
         if target != "MODEL":
             raise WeightFileError(f"{name} is an AnimateDiff motion module: it goes into a UNet (through Temporal UNet Patcher), not into a {target}")
-        found = read_animatediff(name, shapes)
+        found = read_animatediff(name, header.shapes)
         layout = layout_of(found.placement)
         check_fits(name, found, layout)
         _check_prediction(name, "eps", prediction_type, "SD 1.5")
-        layers = TemporalLayers(layout, found.config, ops=ops, train_frames=found.config.position_code_frames, modes=("keyframe",))
-        state = animatediff_state(load_file(path), layout)
+        layers = header.build(
+            lambda: TemporalLayers(layout, found.config, ops=ops, train_frames=found.config.position_code_frames, modes=("keyframe",)),
+            rename=lambda state: animatediff_state(state, layout),
+        )
     else:
-        raise WeightFileError(f"{name} is not a Video LDM temporal-layer file: {_guess_foreign(shapes)}")
-    problems = state_problems(layers.state_dict(), state)
-    if problems:
-        raise WeightFileError(f"{name} does not match the layers it describes ({', '.join(problems)}): the file is damaged or was edited; download or export it again")
-    layers.load_state_dict(state)
+        raise WeightFileError(f"{name} is not a Video LDM temporal-layer file: {_guess_foreign(header.shapes)}")
     return layers
 
 
-def _pack_layers(name, metadata, layout_of, ops, prediction_type, target):
-    """Fresh layers as the pack's own file describes them, checked to fit the target."""
-    version = int(metadata.get("format_version", "0"))
+def _pack_layers(header, layout_of, ops, prediction_type, target):
+    """Fresh layers as the pack's own file describes them, checked to fit the
+    target, and their shapes checked against the file's before they exist."""
+    version = header.integer("format_version")
     if version > FORMAT_VERSION:
-        raise WeightFileError(f"{name} has format version {version}, this pack reads up to {FORMAT_VERSION}: update the pack")
-    file_layout = UNetLayout.from_json(metadata["unet_layout"])
+        raise header.refuse(f"has format version {version}, this pack reads up to {FORMAT_VERSION}", "update the pack")
+    file_layout = UNetLayout.from_values(header.json("unet_layout"), header.refuse)
     mismatch = file_layout.mismatch(layout_of(file_layout.placement), target)
     if mismatch:
         family = layout_of("videoldm").family
-        raise WeightFileError(f"temporal layers in {name} were {mismatch}. Pick a temporal-layer file trained for {family}, or load the {target} they were trained on.")
-    _check_prediction(name, metadata.get("prediction_type") or None, prediction_type, file_layout.family)
-    config = FAMILIES[metadata.get("temporal_family", "videoldm")].from_dict(json.loads(metadata["temporal_config"]))
-    return TemporalLayers(file_layout, config, ops=ops, train_frames=int(metadata["train_frames"]), modes=json.loads(metadata["modes"]))
+        raise WeightFileError(f"temporal layers in {header.name} were {mismatch}. Pick a temporal-layer file trained for {family}, or load the {target} they were trained on.")
+    _check_prediction(header.name, header.prediction_type(), prediction_type, file_layout.family)
+    family = header.metadata.get("temporal_family", "videoldm")
+    if family not in FAMILIES:
+        raise header.refuse(f"holds layers of family {family[:40]!r}; this pack knows {sorted(FAMILIES)}", "update the pack")
+    config = config_from(FAMILIES[family], header.json("temporal_config"), header.refuse)
+    modes = header.json("modes", list)
+    if not modes or not set(modes) <= set(MODES):
+        raise header.refuse(f"has modes {str(modes)[:60]}; temporal layers serve one or more of {MODES}")
+    train_frames = header.integer("train_frames", high=MAX_FRAMES)
+
+    return header.build(lambda: TemporalLayers(file_layout, config, ops=ops, train_frames=train_frames, modes=modes))
 
 
 def _check_prediction(name, trained_for, prediction_type, family):
@@ -240,7 +224,7 @@ def read_animatediff(name, shapes):
             foreign.append(key)
     if foreign:
         raise WeightFileError(f"{name} holds {len(foreign)} tensors that are not motion-module weights (e.g. {foreign[:3]}): it is not a plain AnimateDiff motion module. This pack runs {SUPPORTED}")
-    broken = [module for module, parts in modules.items() if "norm.weight" not in parts or "transformer_blocks.0.ff.net.2.weight" not in parts]
+    broken = [module for module, parts in modules.items() if len(parts.get("norm.weight", ())) != 1 or len(parts.get("transformer_blocks.0.ff.net.2.weight", ())) != 2]
     code_lengths = {shape[1] if len(shape) == 3 else 0 for parts in modules.values() for part, shape in parts.items() if part.endswith(".pos_encoder.pe")}
     if broken or len(code_lengths) != 1 or 0 in code_lengths:
         raise WeightFileError(f"{name} is an incomplete or edited motion module ({f'{broken[:3]} lack their norm or feed-forward' if broken else 'its position codes differ'}): download it again")

@@ -129,14 +129,14 @@ def test_fid_features_are_2048_per_frame_and_give_fid_zero_to_itself(inception):
 def test_pytorch_fid_wrapper_state_is_refused_with_the_fix(inception, tmp_path):
     wrapped = {f"blocks.0.0.{k.split('.', 1)[1]}": v for k, v in inception.Conv2d_1a_3x3.state_dict().items()}
     save_file({k: v.contiguous() for k, v in wrapped.items()}, str(tmp_path / "wrapper.safetensors"))
-    with pytest.raises(WeightFileError, match=r"wrapper.safetensors does not hold .*470 keys missing.*InceptionV3 wrapper.*fid_inception_v3\(\)"):
+    with pytest.raises(WeightFileError, match=r"wrapper.safetensors does not hold .*470 tensors missing.*InceptionV3 wrapper.*fid_inception_v3\(\)"):
         load_fid_inception(tmp_path / "wrapper.safetensors")
 
 
 def test_pickles_are_never_opened_and_broken_files_are_named(tmp_path):
     pickle = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
     pickle.write_bytes(b"\x80\x02}q\x00.")
-    with pytest.raises(WeightFileError, match=r"pt_inception-2015-12-05-6726825d.pth: .*safetensors files only.*save_file\(fid_inception_v3"):
+    with pytest.raises(WeightFileError, match=r"pt_inception-2015-12-05-6726825d.pth is a pickled file, which this pack never opens.*save_file\(fid_inception_v3"):
         load_fid_inception(pickle)
     broken = tmp_path / "i3d.safetensors"
     broken.write_bytes(b"not a safetensors file")

@@ -71,7 +71,7 @@ def test_a_published_file_computes_what_animatediff_computes(unet, tmp_path, ver
 @pytest.mark.parametrize("version, placement, modules, code", [("v1", "motion_modules", 20, 24), ("v2", "motion_modules_mid", 21, 32), ("v3", "motion_modules", 20, 32)])
 def test_the_variant_is_read_from_the_keys_and_shapes(unet, tmp_path, version, placement, modules, code):
     path = write_motion_module(tmp_path / "mm.safetensors", published_state_dict(unet, version))
-    found = read_animatediff(path.name, read_header(path)[1])
+    found = read_animatediff(path.name, read_header(path).shapes)
     assert (found.config.version, found.placement, len(found.channels), found.config.position_code_frames) == (version, placement, modules, code)
     assert found.config.frame_joint_norms == (version == "v1")
     layers = load(path, unet)
@@ -122,7 +122,7 @@ def renamed(state, old, new):
     (lambda s: {**s, "controlnet_cond_embedding.weight": torch.zeros(3)}, "holds 1 tensors that are not motion-module weights"),
     (lambda s: {k: v for k, v in s.items() if "up_blocks.1.motion_modules.2.temporal_transformer.norm." not in k}, "incomplete or edited motion module"),
     (lambda s: {k: v for k, v in s.items() if not k.startswith("up_blocks.1.motion_modules.2.")}, "the file lacks ['up_blocks.1.motion_modules.2']"),
-    (lambda s: {k: v for k, v in s.items() if k != "down_blocks.1.motion_modules.0.temporal_transformer.proj_out.bias"}, "does not match the layers it describes (1 tensors missing"),
+    (lambda s: {k: v for k, v in s.items() if k != "down_blocks.1.motion_modules.0.temporal_transformer.proj_out.bias"}, "does not hold the tensors of the model it describes (1 tensors missing"),
     (lambda s: {k: v[:, :16] if k.endswith("pos_encoder.pe") and k.startswith("up_") else v for k, v in s.items()}, "its position codes differ"),
 ])
 def test_files_this_pack_does_not_run_are_refused_naming_what_they_are(unet, tmp_path, change, message):

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from vldm_core.train.perceptual import LPIPS, load_lpips
-from vldm_core.weights import WeightFileError
+from vldm_core.file_checks import WeightFileError
 
 # lpips.LPIPS(net="vgg").state_dict() (lpips 0.1.4) less the lins.{i} aliases of
 # lin{i}: ScalingLayer buffers, the convolutions of torchvision's vgg16.features
@@ -158,7 +158,7 @@ def test_the_lins_aliases_lpips_writes_load_too(weights, tmp_path):
 def test_a_pickle_is_never_opened(tmp_path):
     path = tmp_path / "vgg.pth"
     path.write_bytes(b"\x80\x04not opened")
-    with pytest.raises(WeightFileError, match=r"vgg\.pth: .*\.safetensors files only.*save_model\(lpips\.LPIPS\(net=\"vgg\"\)"):
+    with pytest.raises(WeightFileError, match=r"vgg\.pth is a pickled file, which this pack never opens.*save_model\(lpips\.LPIPS\(net=\"vgg\"\)"):
         load_lpips(str(path))
 
 
@@ -171,18 +171,18 @@ def test_a_file_that_is_not_safetensors_is_refused(tmp_path):
 
 def test_missing_heads_are_refused_naming_them(weights, tmp_path):
     trunk_only = {k: v for k, v in weights.items() if not k.startswith("lin")}
-    with pytest.raises(WeightFileError, match=r"edited\.safetensors is not LPIPS v0\.1 with the VGG16 trunk: 5 missing \(lin0\.model\.1\.weight;.*save_model"):
+    with pytest.raises(WeightFileError, match=r"edited\.safetensors is not LPIPS v0\.1 with the VGG16 trunk: 5 tensors missing \(e\.g\. \['lin0\.model\.1\.weight'.*save_model"):
         load_lpips(write(tmp_path, trunk_only))
 
 
 def test_foreign_keys_are_refused_naming_them(weights, tmp_path):
-    with pytest.raises(WeightFileError, match=r"edited\.safetensors .*1 unexpected \(model\.diffusion_model\.x\).*save_model"):
+    with pytest.raises(WeightFileError, match=r"edited\.safetensors .*1 tensors it should not have \(e\.g\. \['model\.diffusion_model\.x'\]\).*save_model"):
         load_lpips(write(tmp_path, {**weights, "model.diffusion_model.x": torch.zeros(1)}))
 
 
 def test_wrong_shapes_are_refused_naming_both_shapes(weights, tmp_path):
     alexnet_stem = {**weights, "net.slice1.0.weight": torch.zeros(64, 3, 11, 11)}
-    with pytest.raises(WeightFileError, match=r"edited\.safetensors .*1 wrong shape \(net\.slice1\.0\.weight \(64, 3, 11, 11\), expected \(64, 3, 3, 3\)\).*save_model"):
+    with pytest.raises(WeightFileError, match=r"edited\.safetensors .*wrong shapes: net\.slice1\.0\.weight is \(64, 3, 11, 11\), not \(64, 3, 3, 3\).*save_model"):
         load_lpips(write(tmp_path, alexnet_stem))
 
 

@@ -33,15 +33,15 @@ def test_round_trip_gives_the_same_weights_metadata_and_video(saved, unet, layer
 
 
 def test_a_file_stored_in_float16_loads_as_float32_with_its_metadata(saved, unet, layers):
-    before = read_header(saved)[0]
+    before = read_header(saved).metadata
     store_as(saved, "float16")
-    assert read_header(saved)[0] == before
+    assert read_header(saved).metadata == before
     loaded = load_temporal_layers(saved, find_layout(unet), prediction_type="eps")
     assert all(a.dtype == torch.float32 and torch.equal(a, b.half().float()) for a, b in zip(loaded.state_dict().values(), layers.state_dict().values()))
 
 
 def test_metadata_says_what_the_file_fits(saved):
-    metadata = read_header(saved)[0]
+    metadata = read_header(saved).metadata
     assert metadata["format_version"] == str(FORMAT_VERSION)
     assert json.loads(metadata["unet_layout"])["context_dim"] == 24
     assert metadata["train_frames"] == "8" and json.loads(metadata["modes"]) == ["keyframe", "prediction"]
@@ -141,7 +141,7 @@ def test_edited_weights_that_contradict_the_metadata_are_refused(saved, tmp_path
     state.pop(next(iter(state)))
     path = tmp_path / "edited.safetensors"
     save_file(state, str(path), metadata=metadata)
-    with pytest.raises(WeightFileError, match="does not match the layers it describes"):
+    with pytest.raises(WeightFileError, match="does not hold the tensors of the model it describes"):
         load_temporal_layers(str(path), find_layout(unet))
 
 

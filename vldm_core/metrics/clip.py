@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..weights import WeightFileError
+from ..file_checks import WeightFileError
 from .files import load_weights
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -61,6 +61,7 @@ exported file is never written over.
 
 import argparse
 import hashlib
+import math
 import os
 import tomllib
 import warnings
@@ -70,10 +71,11 @@ from functools import partial
 import torch
 
 from ..autoencoder import COMFY_VAE_GROUPS, scaled_encoder
+from ..file_checks import DataFileError, config_from, is_whole
 from ..model_files import KINDS, load_model, save_model
 from ..temporal import TemporalConfig, TemporalLayers, with_context_branch
 from ..unet_layout import find_layout
-from ..weights import STORAGE, load_temporal_layers, save_temporal_layers, store_as
+from ..weights import MAX_FRAMES, STORAGE, load_temporal_layers, save_temporal_layers, store_as
 from ..temporal_decoder import fresh_temporal_decoder
 from ..world import WorldClips
 from .data import LatentCache, LatentClips, VideoClips
@@ -114,8 +116,49 @@ SCALE_SAMPLE = 32  # clips whose frames measure a new autoencoder's latent scale
 
 
 def read_config(path):
-    with open(path, "rb") as f:
-        return tomllib.load(f)
+    """The TOML file at ``path`` as a table, or a DataFileError naming what keeps it from being one."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise DataFileError(f"{os.path.basename(path)} is not a TOML file ({e}): fix that line (a copy of a config in configs/ shows the format)") from None
+
+
+def type_problems(name, defaults, given):
+    """Values of section ``name`` whose type is not that of their default (a whole number serves for a float)."""
+    problems = []
+    for key, value in given.items():
+        default = defaults.get(key)
+        if default is None or isinstance(default, dict):
+            continue
+        fits = isinstance(value, float) or is_whole(value) if type(default) is float else type(value) is type(default)
+        if not fits or (isinstance(value, float) and not math.isfinite(value)):
+            problems.append(f"{name}.{key} = {str(value)[:40]!r} is not a {type(default).__name__}, as its default {default!r} is")
+    return problems
+
+
+def data_problems(data):
+    """[data]'s frames, fps and size: what a clip is."""
+    frames, fps, size, world = data.get("frames"), data.get("fps"), data.get("size"), data.get("world", 0)
+    problems = []
+    if frames is not None and not (is_whole(frames) and 1 <= frames <= MAX_FRAMES):
+        problems.append(f"data.frames = {str(frames)[:20]!r}: a whole number of frames per clip, 1 to {MAX_FRAMES}")
+    if fps is not None and not ((is_whole(fps) or isinstance(fps, float)) and 0 < fps <= 1000):
+        problems.append(f"data.fps = {str(fps)[:20]!r}: frames a second, above 0 and at most 1000")
+    if size is not None and not (isinstance(size, list) and len(size) == 2 and all(is_whole(side) and 8 <= side <= 8192 for side in size)):
+        problems.append(f"data.size = {str(size)[:30]!r}: [height, width] in pixels, 8 to 8192 each")
+    if not (is_whole(world) and world >= 0):
+        problems.append(f"data.world = {str(world)[:20]!r}: a number of synthetic scenes")
+    return problems
+
+
+def config_problems(name, cls, values):
+    """What keeps ``values`` from being a ``cls`` config (file_checks.config_from), as a list."""
+    try:
+        config_from(cls, values, lambda problem: ValueError(f"[{name}] {problem}"))
+    except ValueError as e:
+        return [str(e)]
+    return []
 
 
 def check_config(config):
@@ -127,6 +170,10 @@ def check_config(config):
             continue
         problems += [f"unknown key {name}.{key} (known: {', '.join(defaults)})" for key in given if key not in defaults]
         problems += [f"{name}.{key} is required" for key, default in defaults.items() if default is None and key not in given]
+        problems += type_problems(name, defaults, {key: value for key, value in given.items() if key in defaults})
+    problems += data_problems(config.get("data", {}))
+    layers = {key: value for key, value in config.get("layers", {}).items() if key != "init"}
+    problems += config_problems("layers", TemporalConfig, layers) if set(layers) <= set(SECTIONS["layers"]) else []
     kind = config.get("job", {}).get("kind", "temporal_layers")
     if kind not in JOBS:
         problems.append(f"job.kind {kind!r}: choose one of {', '.join(JOBS)}")
@@ -135,6 +182,7 @@ def check_config(config):
     for name, values in config.get("model", {}).items():
         known = [f.name for f in fields(KINDS[name][1])] if name in KINDS else []
         problems += [f"unknown key model.{name}.{key} (known: {', '.join(known)})" for key in values if key not in known]
+        problems += config_problems(f"model.{name}", KINDS[name][1], values) if name in KINDS and set(values) <= set(known) else []
     data = config.get("data", {})
     if bool(data.get("videos")) == bool(data.get("world")):
         problems.append("[data] takes videos (a folder of captioned videos) or world (a number of synthetic scenes, vldm_core.world), one of them")
@@ -147,9 +195,14 @@ def check_config(config):
         problems.append(f"export.dtype {config['export']['dtype']!r}: choose one of {', '.join(STORAGE)}")
     if kind == "image" and not config.get("export", {}).get("text_encoder"):
         problems.append("export.text_encoder is required for image jobs (the caption encoder trains with the UNet)")
+    if not isinstance(config.get("export", {}).get("path", ""), str):
+        problems.append("export.path is the file the trained weights go to: a path in quotes")
     if problems:
-        raise ValueError("the training config has problems:\n  " + "\n  ".join(problems))
-    TrainConfig.from_dict(config.get("train", {}))  # its own unknown and missing keys
+        raise DataFileError("the training config has problems:\n  " + "\n  ".join(problems))
+    try:
+        TrainConfig.from_dict(config.get("train", {}))  # its own unknown and missing keys
+    except ValueError as e:
+        raise DataFileError(f"the training config has problems:\n  {e}") from None
 
 
 INIT_KEYS = {"init", "context_latent_channels", "interpolation_stage"}  # what [layers] sets on top of a motion module

@@ -33,10 +33,14 @@ import numpy as np
 import torch
 from kornia.geometry.transform import resize
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from ..file_checks import DataFileError, open_safetensors, read_json, read_text
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif", ".m4v")
 MANIFESTS = ("captions.csv", "captions.jsonl")
+CAPTION_FIX = "save it again as UTF-8 text"
+CACHE_FIX = "delete the cache folder and run LatentCache.encode_all (the trainer does on its next start)"
 MAX_ATTEMPTS = 10  # videos tried in a row for one sample before giving up
 UNREADABLE, TOO_SHORT, FAILED = "unreadable", "too short", "failed to read"
 
@@ -92,7 +96,7 @@ def caption_for(path, folder, manifest):
     if key in manifest:
         return manifest[key]
     sidecar = path.with_suffix(".txt")
-    return sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else ""
+    return read_text(sidecar, CAPTION_FIX).strip() if sidecar.is_file() else ""
 
 
 def read_manifest(folder):
@@ -101,7 +105,7 @@ def read_manifest(folder):
     one wins would be a guess."""
     present = [folder / name for name in MANIFESTS if (folder / name).is_file()]
     if len(present) > 1:
-        raise ValueError(f"{folder} has both captions.csv and captions.jsonl; keep one of them")
+        raise DataFileError(f"{folder} has both captions.csv and captions.jsonl; keep one of them")
     if not present:
         return {}
     path = present[0]
@@ -110,23 +114,28 @@ def read_manifest(folder):
 
 
 def read_csv_manifest(path):
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        if not {"file", "caption"} <= set(reader.fieldnames or ()):
-            raise ValueError(f"{path}: the first line must be the header 'file,caption', found {reader.fieldnames}")
-        return [(row["file"], row["caption"] or "") for row in reader if row["file"]]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            if not {"file", "caption"} <= set(reader.fieldnames or ()):
+                raise DataFileError(f"{path}: the first line must be the header 'file,caption', found {reader.fieldnames}")
+            return [(row["file"], row["caption"] or "") for row in reader if row["file"]]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataFileError(f"{path} is not a UTF-8 CSV file ({error}): {CAPTION_FIX}") from None
 
 
 def read_jsonl_manifest(path):
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_text(path, CAPTION_FIX).splitlines(), 1):
         if not line.strip():
             continue
         try:
             entry = json.loads(line)
-            rows.append((entry["file"], entry["caption"]))
-        except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f'{path}, line {number}: expected {{"file": ..., "caption": ...}} ({error})') from None
+        except ValueError as error:
+            entry = error
+        if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("caption"), str)):
+            raise DataFileError(f'{path}, line {number}: expected {{"file": "...", "caption": "..."}}, found {line[:60]!r}') from None
+        rows.append((entry["file"], entry["caption"]))
     return rows
 
 
@@ -514,10 +523,28 @@ class LatentCache:
         path = self.folder / "index.json"
         if not path.is_file():
             raise ValueError(f"no latents cached for these settings in {self.folder.parent} (expected {path}): run LatentCache.encode_all first")
-        index = json.loads(path.read_text())
+        index = read_json(path, CACHE_FIX)
+        if not isinstance(index, dict) or not isinstance(index.get("videos"), list) or not all(map(is_index_entry, index["videos"])):
+            raise DataFileError(f"{path} is not a latent-cache index (a table of settings and videos, each with its caption and clip files): {CACHE_FIX}")
         if index.get("settings") != self.settings:
-            raise ValueError(f"{path} was written for other settings ({index.get('settings')}, not {self.settings}): run LatentCache.encode_all again")
+            raise DataFileError(f"{path} was written for other settings ({str(index.get('settings'))[:200]}, not {self.settings}): run LatentCache.encode_all again")
         return index["videos"]
+
+
+def is_index_entry(entry):
+    """One video of a latent-cache index: its name, caption and clip files, which lie in the cache folder itself."""
+    return (
+        isinstance(entry, dict) and isinstance(entry.get("video"), str) and isinstance(entry.get("caption"), str)
+        and isinstance(entry.get("clips"), list) and all(isinstance(clip, str) and clip == os.path.basename(clip) and clip.endswith(".safetensors") for clip in entry["clips"])
+    )
+
+
+def cached_clip(path):
+    """The header of one cached clip, checked to hold one float tensor of latents ``(T, c, h, w)``."""
+    header = open_safetensors(path, CACHE_FIX, what="cached latents")
+    if set(header.shapes) != {"latents"} or len(header.shapes["latents"]) != 4:
+        raise header.refuse(f"holds {sorted(header.shapes)[:3]}, not one tensor of latents (frames, channels, height, width)")
+    return header
 
 
 def video_identity(path):
@@ -550,10 +577,9 @@ class LatentClips(torch.utils.data.Dataset):
             for name in entry["clips"]:
                 path = cache.folder / name
                 if not path.is_file():
-                    raise ValueError(f"{path} is listed in the latent cache index but missing: run LatentCache.encode_all again")
-                with safe_open(str(path), "pt") as f:
-                    if (f.metadata() or {}).get("settings") != expected:
-                        raise ValueError(f"{path} was encoded with other settings: run LatentCache.encode_all again")
+                    raise DataFileError(f"{path} is listed in the latent cache index but missing: run LatentCache.encode_all again")
+                if cached_clip(path).metadata.get("settings") != expected:
+                    raise DataFileError(f"{path} was encoded with other settings: run LatentCache.encode_all again")
 
     def set_epoch(self, epoch):
         self.epoch = int(epoch)
@@ -565,7 +591,7 @@ class LatentClips(torch.utils.data.Dataset):
         entry = self.videos[index]
         generator = sample_generator(self.seed, self.epoch, index)
         clip = int(torch.randint(len(entry["clips"]), (1,), generator=generator))
-        return {"latents": load_file(str(self.cache.folder / entry["clips"][clip]))["latents"], "caption": entry["caption"]}
+        return {"latents": cached_clip(self.cache.folder / entry["clips"][clip]).tensors()["latents"], "caption": entry["caption"]}
 
 
 class Progress:

@@ -20,6 +20,7 @@ from einops import rearrange
 from torch import nn
 
 from ..autoencoder import AutoencoderKL, posterior
+from ..file_checks import PREDICTION_TYPES
 from ..model_files import save_model
 from ..sampling import alphas_cumprod
 from ..temporal import TemporalLayer
@@ -28,7 +29,6 @@ from ..unet import UNetModel
 from .jobs import video_latents
 from .objectives import draw_timesteps, noised
 
-PREDICTION_TYPES = ("eps", "v")
 
 
 def frames_of(pixels):

@@ -31,14 +31,16 @@ from contextlib import nullcontext
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Protocol
 
-import safetensors
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, default_collate
 
+from ..file_checks import config_from, open_safetensors
+
 CHECKPOINT = "checkpoint.safetensors"
+MAX_COUNT = 1 << 62  # steps, seeds and intervals: anything a run could count to
 LOG = "log.jsonl"
 FORMAT = "vldm.train_checkpoint"
 FORMAT_VERSION = 1
@@ -145,7 +147,7 @@ class TrainConfig:
         missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in values]
         if missing:
             raise ValueError(f"missing training settings {missing}")
-        return cls(**values)
+        return config_from(cls, values, lambda problem: ValueError(f"invalid training settings: [train] {problem}"), largest=MAX_COUNT)
 
 
 @dataclass
@@ -345,30 +347,54 @@ def _refuse_existing(path):
     return None
 
 
+def _checkpoint(path):
+    """A training checkpoint's header, its format and the fields a resume reads checked."""
+    header = open_safetensors(path, f"the checkpoint is damaged; resume from an earlier copy of {os.path.basename(path)} or start a new output_dir", what="checkpoints")
+    if header.metadata.get("format") != FORMAT:
+        raise header.refuse(f"is not a training checkpoint of this pack (its metadata lacks format={FORMAT!r})", "point output_dir at a folder this trainer wrote")
+    if header.integer("format_version") > FORMAT_VERSION:
+        raise header.refuse(f"has checkpoint format {header.metadata['format_version']}, this pack reads up to {FORMAT_VERSION}", "update the pack")
+    header.text("config_hash")
+    header.json("config")
+    header.integer("world_size", high=4096)
+    position, optimizer = header.json("position"), header.json("optimizer")
+    if not isinstance(position.get("step"), int) or position["step"] < 0 or not isinstance(optimizer.get("param_groups"), list):
+        raise header.refuse("has a position or optimizer state that is not this trainer's")
+    return header
+
+
 def _read_checkpoint(path, record, module):
     """The checkpoint's tensors and metadata, after checking it belongs to this
-    run (same settings, same trainable weights); safetensors only."""
+    run (same settings, same trainable weights) and that every field and tensor
+    the resume reads is sound; safetensors only."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"nothing to resume: {path} does not exist (start without resume)")
-    try:
-        with safetensors.safe_open(path, framework="pt") as f:
-            metadata = f.metadata() or {}
-    except (safetensors.SafetensorError, OSError) as e:
-        raise ValueError(f"{path} is not a readable safetensors file ({e}); it may be truncated or corrupt") from e
-    if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a training checkpoint of this pack (its metadata lacks format={FORMAT!r})")
-    if int(metadata["format_version"]) > FORMAT_VERSION:
-        raise ValueError(f"{path} has checkpoint format {metadata['format_version']}, this pack reads up to {FORMAT_VERSION}: update the pack")
-    if metadata["config_hash"] != _hash(record):
-        changed = _differences(json.loads(metadata["config"]), record)
-        raise ValueError(f"cannot resume {path}: it was trained with other settings: {'; '.join(changed)}. Resume with its settings or start a new output_dir")
-    tensors = load_file(path)
+    header = _checkpoint(path)
+    if header.metadata["config_hash"] != _hash(record):
+        changed = _differences(header.json("config"), record)
+        raise header.refuse(f"cannot resume: it was trained with other settings: {'; '.join(changed)}", "resume with its settings or start a new output_dir")
     expected = {f"module.{k}": tuple(v.shape) for k, v in module.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in tensors.items() if k.startswith("module.")}
+    found = {k: shape for k, shape in header.shapes.items() if k.startswith("module.")}
     if expected != found:
         differ = sorted(k for k in set(expected) | set(found) if expected.get(k) != found.get(k))
-        raise ValueError(f"cannot resume {path}: its trainable weights differ from the job's in {differ[:5]}")
-    return tensors, metadata
+        raise header.refuse(f"cannot resume: its trainable weights differ from the job's in {differ[:5]}", "resume with the job that wrote it, or start a new output_dir")
+    names = [name for name, _ in module.named_parameters()]
+    averaged = {f"ema.{name}" for name in names}
+    present = {k for k in header.shapes if k.startswith("ema.")}
+    if present and present != averaged:
+        raise header.refuse(f"holds {len(present)} of its {len(averaged)} EMA weights")
+    adam = ("step", "exp_avg", "exp_avg_sq")  # AdamW's state of a parameter that had gradients: all of it or none
+    optimizer_state = {f"optim.{name}.{key}" for name in names for key in adam}
+    partial = [name for name in names if 0 < sum(f"optim.{name}.{key}" in header.shapes for key in adam) < len(adam)]
+    if partial:
+        raise header.refuse(f"holds part of the optimizer state of {partial[0]}")
+    rng = {f"rng.{rank}" for rank in range(int(header.metadata["world_size"]))}
+    unknown = set(header.shapes) - set(expected) - averaged - optimizer_state - rng
+    if unknown or not rng <= set(header.shapes):
+        raise header.refuse(f"does not hold what its trainer writes ({sorted(unknown)[:3] or 'random-number states missing'})")
+    if any(not (isinstance(g, dict) and isinstance(g.get("betas"), list) and isinstance(g.get("lr"), (int, float))) for g in header.json("optimizer")["param_groups"]):
+        raise header.refuse("has optimizer settings that are not AdamW's")
+    return header.tensors(integers=("rng.*",)), header.metadata
 
 
 def _save_checkpoint(path, module, optimizer, ema, rng_states, position, record):
@@ -433,9 +459,9 @@ def _restore(saved, module, optimizer, ema, generator, config, world, rank):
 def load_checkpoint_weights(path, ema=True):
     """The trained module's state dict from a checkpoint, with the EMA weights in
     place of the raw ones when ``ema`` (what a job exports for the nodes)."""
-    with safetensors.safe_open(path, framework="pt") as f:
-        weights = {k[len("module."):]: f.get_tensor(k) for k in f.keys() if k.startswith("module.")}
-        averaged = {k[len("ema."):]: f.get_tensor(k) for k in f.keys() if ema and k.startswith("ema.")}
+    tensors = _checkpoint(path).tensors(integers=("rng.*",))
+    weights = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
+    averaged = {k[len("ema."):]: v for k, v in tensors.items() if ema and k.startswith("ema.")}
     if not ema:
         return weights
     if not averaged:

@@ -17,15 +17,12 @@ carry the ``lins.{i}`` names load as well. The trunk is built here rather than
 taken from torchvision, which the pack does not depend on.
 """
 
-import os
 from collections import OrderedDict
 
-import safetensors
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from ..weights import WeightFileError
+from ..file_checks import WeightFileError, open_safetensors, state_problems
 
 # torchvision's vgg16 config "D" up to relu5_3 (its last max pool, which lpips never reaches, left out):
 # 3x3 convolutions (padding 1) each followed by a ReLU, "M" a 2x2 max pool.
@@ -127,13 +124,8 @@ def load_lpips(path) -> LPIPS:
     """An ``LPIPS`` holding the weights of a safetensors file written from
     ``lpips.LPIPS(net="vgg")`` (keys ``scaling_layer.*``, ``net.slice{1-5}.*``,
     ``lin{0-4}.model.1.weight``); anything else is refused, saying what to do."""
-    name = os.path.basename(path)
-    if not str(path).endswith(".safetensors"):
-        raise WeightFileError(f"{name}: LPIPS weights load from .safetensors files only (pickled .pth files are never opened); convert them with {CONVERSION}")
-    try:
-        state = load_file(path)
-    except (safetensors.SafetensorError, OSError) as e:
-        raise WeightFileError(f"{name} is not a readable safetensors file ({e}); it may be truncated or corrupt: write it again with {CONVERSION}") from e
+    header = open_safetensors(path, f"write it again with {CONVERSION}", pickled=f"convert it with {CONVERSION}", what="LPIPS weights")
+    name, state = header.name, header.tensors()
     for i in range(len(CHANNELS)):
         alias, key = f"lins.{i}.model.1.weight", f"lin{i}.model.1.weight"
         if alias in state:
@@ -142,10 +134,7 @@ def load_lpips(path) -> LPIPS:
                 raise WeightFileError(f"{name} holds two different weights for LPIPS head {i} ({key} and {alias}); lpips shares one: write the file again with {CONVERSION}")
             state.setdefault(key, head)
     model = LPIPS()
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    wrong_shape = [f"{k} {tuple(state[k].shape)}, expected {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    problems = [f"{len(keys)} {what} ({'; '.join(keys[:3])}{'; ...' if len(keys) > 3 else ''})" for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)) if keys]
+    problems = state_problems(model.state_dict(), state)
     if problems:
         raise WeightFileError(
             f"{name} is not LPIPS v0.1 with the VGG16 trunk: {', '.join(problems)}. "
