@@ -37,12 +37,23 @@ PICKLES = (".ckpt", ".pt", ".pth", ".bin")
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 PREDICTION_TYPES = ("eps", "v")
 LARGEST = 1 << 16  # the largest count or width a config may ask for (channels, frames, tokens); real models stay far below
-LARGEST_LIST = 64  # the longest list a config may hold (levels, sites are not configs)
+LARGEST_LIST = 64  # the longest list a config may hold (channel multipliers, attention levels)
 
 
 def is_whole(value):
     """An integer and not a bool (JSON and TOML keep them apart; Python does not)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value):
+    """A finite whole or decimal number (not a bool, NaN or infinity)."""
+    return is_whole(value) or (isinstance(value, float) and math.isfinite(value))
+
+
+def first_non_finite(state):
+    """The name of the first floating-point tensor of ``state`` holding NaN or
+    infinity, or None. A sum is NaN or infinite where any value is: one pass, no mask."""
+    return next((key for key, tensor in state.items() if tensor.is_floating_point() and not bool(torch.isfinite(tensor.sum(dtype=torch.float32)))), None)
 
 
 def state_problems(expected, state, optional=()):
@@ -137,9 +148,9 @@ class Safetensors:
             state = load_file(self.path)
         except (safetensors.SafetensorError, OSError) as e:
             raise self.refuse(f"could not be read ({e}); it may be truncated") from e
-        for key, tensor in state.items():  # a sum is NaN or infinite where any value is (one pass, no mask)
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor.sum(dtype=torch.float32))):
-                raise self.refuse(f"holds NaN or infinite values in {key}")
+        bad = first_non_finite(state)
+        if bad:
+            raise self.refuse(f"holds NaN or infinite values in {bad}")
         return state
 
     def build(self, make, rename=None, integers=()):
@@ -218,7 +229,7 @@ def _typed(key, value, kind, refuse, largest):
         if not 0 <= value <= largest:
             raise refuse(f"has config {key} = {value}, outside 0 to {largest}")
         return value
-    if kind == "float" and (whole or isinstance(value, float)) and math.isfinite(value):
+    if kind == "float" and is_number(value):
         return float(value)
     if kind == "str" and isinstance(value, str):
         return value
@@ -228,22 +239,18 @@ def _typed(key, value, kind, refuse, largest):
     raise refuse(f"has config {key} = {str(value)[:40]!r}, which is not a {wanted}")
 
 
-def read_json(path, fix, error=DataFileError):
-    """The JSON value in ``path``, or a named refusal."""
-    name = os.path.basename(str(path))
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except UnicodeDecodeError as e:
-        raise error(f"{name} is not UTF-8 text ({e}): {fix}") from None
-    except ValueError as e:
-        raise error(f"{name} is not valid JSON ({e}): {fix}") from None
-
-
-def read_text(path, fix):
+def read_text(path, fix, error=DataFileError):
     """The UTF-8 text in ``path``, or a named refusal."""
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
     except UnicodeDecodeError as e:
-        raise DataFileError(f"{os.path.basename(str(path))} is not UTF-8 text ({e}): {fix}") from None
+        raise error(f"{os.path.basename(str(path))} is not UTF-8 text ({e}): {fix}") from None
+
+
+def read_json(path, fix, error=DataFileError):
+    """The JSON value in ``path``, or a named refusal."""
+    try:
+        return json.loads(read_text(path, fix, error))
+    except ValueError as e:
+        raise error(f"{os.path.basename(str(path))} is not valid JSON ({e}): {fix}") from None

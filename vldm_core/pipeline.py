@@ -24,7 +24,7 @@ from .sampling import Denoiser, alphas_cumprod, discrete_sigmas, sample_guided, 
 from .temporal_decoder import decode_frames, decode_video, find_decoder_layout
 from .train.upscaler_job import MAX_NOISE_LEVEL, X4_SCHEDULE, augment_low_res
 from .unet_layout import eject, find_layout, inject
-from .file_checks import WeightFileError, is_whole, read_json
+from .file_checks import WeightFileError, is_number, is_whole, read_json
 from .weights import load_temporal_layers
 from .windows import map_video, spans
 
@@ -119,7 +119,7 @@ def write_bundle(folder, files, key_frame_rate, frame_size):
 def bundle_problem(bundle):
     """What is wrong with bundle.json's fields, in words, or None."""
     rate, size, files = bundle.get("key_frame_rate"), bundle.get("frame_size"), bundle["files"]
-    if not (is_whole(rate) or isinstance(rate, float)) or not 0 < rate <= MAX_KEY_FRAME_RATE:
+    if not (is_number(rate) and 0 < rate <= MAX_KEY_FRAME_RATE):
         return f"has key_frame_rate {str(rate)[:20]!r}; it is frames a second, above 0 and at most {MAX_KEY_FRAME_RATE}"
     if not (isinstance(size, list) and len(size) == 2 and all(is_whole(side) and 8 <= side <= MAX_FRAME_SIDE for side in size)):
         return f"has frame_size {str(size)[:30]!r}; it is [height, width] in pixels, 8 to {MAX_FRAME_SIDE} each"

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .file_checks import WeightFileError, config_from, open_safetensors
+from .file_checks import WeightFileError, config_from, first_non_finite, open_safetensors
 from .motion_module import MotionModuleConfig
 from .temporal import TemporalConfig, TemporalLayers
 from .unet_layout import UNetLayout
@@ -44,9 +44,9 @@ def store_as(path, dtype):
         metadata = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     stored = {k: v.to(STORAGE[dtype]) if v.is_floating_point() else v for k, v in tensors.items()}
-    overflow = [k for k, v in stored.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    overflow = first_non_finite(stored)
     if overflow:
-        raise ValueError(f"{path}: {overflow[0]} does not fit {dtype} (values beyond its range); export with dtype = \"float32\"")
+        raise ValueError(f"{path}: {overflow} does not fit {dtype} (values beyond its range); export with dtype = \"float32\"")
     temporary = f"{path}.tmp"
     save_file(stored, temporary, metadata=metadata)
     os.replace(temporary, path)  # a crash mid-write leaves the exported file whole
@@ -141,7 +141,6 @@ def _pack_layers(header, layout_of, ops, prediction_type, target):
     if not modes or not set(modes) <= set(MODES):
         raise header.refuse(f"has modes {str(modes)[:60]}; temporal layers serve one or more of {MODES}")
     train_frames = header.integer("train_frames", high=MAX_FRAMES)
-
     return header.build(lambda: TemporalLayers(file_layout, config, ops=ops, train_frames=train_frames, modes=modes))
 
 

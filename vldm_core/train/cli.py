@@ -61,7 +61,6 @@ exported file is never written over.
 
 import argparse
 import hashlib
-import math
 import os
 import tomllib
 import warnings
@@ -71,7 +70,7 @@ from functools import partial
 import torch
 
 from ..autoencoder import COMFY_VAE_GROUPS, scaled_encoder
-from ..file_checks import DataFileError, config_from, is_whole
+from ..file_checks import DataFileError, config_from, is_number, is_whole
 from ..model_files import KINDS, load_model, save_model
 from ..temporal import TemporalConfig, TemporalLayers, with_context_branch
 from ..unet_layout import find_layout
@@ -131,8 +130,8 @@ def type_problems(name, defaults, given):
         default = defaults.get(key)
         if default is None or isinstance(default, dict):
             continue
-        fits = isinstance(value, float) or is_whole(value) if type(default) is float else type(value) is type(default)
-        if not fits or (isinstance(value, float) and not math.isfinite(value)):
+        fits = is_number(value) if type(default) is float else type(value) is type(default)
+        if not fits:
             problems.append(f"{name}.{key} = {str(value)[:40]!r} is not a {type(default).__name__}, as its default {default!r} is")
     return problems
 
@@ -143,7 +142,7 @@ def data_problems(data):
     problems = []
     if frames is not None and not (is_whole(frames) and 1 <= frames <= MAX_FRAMES):
         problems.append(f"data.frames = {str(frames)[:20]!r}: a whole number of frames per clip, 1 to {MAX_FRAMES}")
-    if fps is not None and not ((is_whole(fps) or isinstance(fps, float)) and 0 < fps <= 1000):
+    if fps is not None and not (is_number(fps) and 0 < fps <= 1000):
         problems.append(f"data.fps = {str(fps)[:20]!r}: frames a second, above 0 and at most 1000")
     if size is not None and not (isinstance(size, list) and len(size) == 2 and all(is_whole(side) and 8 <= side <= 8192 for side in size)):
         problems.append(f"data.size = {str(size)[:30]!r}: [height, width] in pixels, 8 to 8192 each")

@@ -131,10 +131,10 @@ def read_jsonl_manifest(path):
             continue
         try:
             entry = json.loads(line)
-        except ValueError as error:
-            entry = error
+        except ValueError:
+            entry = None  # refused below, with the line
         if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("caption"), str)):
-            raise DataFileError(f'{path}, line {number}: expected {{"file": "...", "caption": "..."}}, found {line[:60]!r}') from None
+            raise DataFileError(f'{path}, line {number}: expected {{"file": "...", "caption": "..."}}, found {line[:60]!r}')
         rows.append((entry["file"], entry["caption"]))
     return rows
 

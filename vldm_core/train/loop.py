@@ -360,6 +360,8 @@ def _checkpoint(path):
     position, optimizer = header.json("position"), header.json("optimizer")
     if not isinstance(position.get("step"), int) or position["step"] < 0 or not isinstance(optimizer.get("param_groups"), list):
         raise header.refuse("has a position or optimizer state that is not this trainer's")
+    if any(not (isinstance(g, dict) and isinstance(g.get("betas"), list) and isinstance(g.get("lr"), (int, float))) for g in optimizer["param_groups"]):
+        raise header.refuse("has optimizer settings that are not AdamW's")
     return header
 
 
@@ -392,8 +394,6 @@ def _read_checkpoint(path, record, module):
     unknown = set(header.shapes) - set(expected) - averaged - optimizer_state - rng
     if unknown or not rng <= set(header.shapes):
         raise header.refuse(f"does not hold what its trainer writes ({sorted(unknown)[:3] or 'random-number states missing'})")
-    if any(not (isinstance(g, dict) and isinstance(g.get("betas"), list) and isinstance(g.get("lr"), (int, float))) for g in header.json("optimizer")["param_groups"]):
-        raise header.refuse("has optimizer settings that are not AdamW's")
     return header.tensors(integers=("rng.*",)), header.metadata
 
 
