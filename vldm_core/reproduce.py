@@ -28,7 +28,7 @@ from .pipeline import Settings, decode, first_window, patched, upscale
 from .masking import keys_per_window
 from .rollout import interpolate, predict_segments
 from .sampling import Denoiser, window_sampler
-from .world import World, parse_caption, scene_seed
+from .world import MAX_OBJECTS, World, parse_caption, scene_seed
 
 HELD_OUT_SEED = 12345  # scenes of a dataset seed no training config uses
 HORIZONS = (1, 4, 16)  # rollout segments scored
@@ -156,17 +156,30 @@ def colour_sets(video):
     return [tuple(sorted(d.colour for d in found)) for found in detect(video)]
 
 
+def caption_colours(video, caption):
+    """Share of frames whose objects have exactly the caption's colours, whatever their shapes."""
+    named = tuple(sorted(colour for colour, _ in parse_caption(caption)))
+    return sum(c == named for c in colour_sets(video)) / len(video)
+
+
 def rollout_scores(frames, caption, first_colours, first_background):
     """One rollout segment's pixels: do its frames still show the first window's
     objects (by colour: a shape misread in a small soft frame is not drift) and
     the caption's, and how far has its background drifted in colour?"""
-    colours = colour_sets(frames)
-    named = tuple(sorted(colour for colour, _ in parse_caption(caption)))
     return {
-        "colours kept": sum(c == first_colours for c in colours) / len(colours),
-        "caption colours": sum(c == named for c in colours) / len(colours),
+        "colours kept": sum(c == first_colours for c in colour_sets(frames)) / len(frames),
+        "caption colours": caption_colours(frames, caption),
         "background drift": float((background_colour(frames) - first_background).abs().mean()),
     }
+
+
+def by_object_count(video, caption):
+    """Caption colours and caption agreement filed under the caption's number of
+    objects (None under the others): where colours are right and shapes are
+    not, the model has not bound each shape to its colour."""
+    count = len(parse_caption(caption))
+    scores = {"caption colours": caption_colours(video, caption), "caption": score(video, caption).caption_agreement}
+    return {f"{metric}, {n} object{'s' * (n > 1)}": value if n == count else None for metric, value in scores.items() for n in range(1, MAX_OBJECTS + 1)}
 
 
 def measure_scene(run, scene, index):
@@ -177,13 +190,14 @@ def measure_scene(run, scene, index):
     results = {}
 
     keys = run.key_frames(caption, index, model.keyframe)
-    keys_image = run.key_frames(caption, index, None)
+    frame_by_frame = run.decode(run.key_frames(caption, index, None)).cpu()
     first = run.decode(keys).cpu()
     results["key frames"] = {
         "world (ground truth)": world_scores(scene.clip(keys.shape[0], key_rate, size), caption, key_rate),
-        "image LDM, frame by frame": world_scores(run.decode(keys_image).cpu(), caption, key_rate),
+        "image LDM, frame by frame": world_scores(frame_by_frame, caption, key_rate),
         "Video LDM key frames": world_scores(first, caption, key_rate),
     }
+    results["objects"] = {"image LDM, frame by frame": by_object_count(frame_by_frame, caption), "Video LDM key frames": by_object_count(first, caption)}
 
     window, context = model.prediction.train_frames, settings.context_frames
     new = window - context
@@ -236,6 +250,7 @@ def measure_scene(run, scene, index):
 
 TITLES = {
     "key frames": "1. key frames, {key_rate:g} fps: temporal layers align frames",
+    "objects": "1b. key frames by number of objects: colours right, shapes wrong?",
     "decoder": "2. decoding, {rate:g} fps: the temporal decoder removes flicker",
     "rollout": "3. rollout: context guidance keeps long videos stable",
     "interpolation": "4. motion at {rate:g} fps: interpolation smooths it",

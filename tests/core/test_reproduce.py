@@ -3,13 +3,14 @@ complete (every claim, every variant) on a tiny random bundle. What the
 bundled model scores is tested in test_bundled_model.py."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from vldm_core.pipeline import Settings, load_bundle
 from vldm_core.reproduce import (
-    HORIZONS, Row, Table, background_colour, colour_sets, held_out_scenes, mean_rows, motion_evenness, psnr, reproduce, rollout_scores, temporal_error,
+    HORIZONS, Row, Table, background_colour, by_object_count, colour_sets, held_out_scenes, mean_rows, motion_evenness, psnr, reproduce, rollout_scores, temporal_error,
     ticks_per_scene, world_scores,
 )
 from vldm_core.world import World, WorldClips, scene_seed
@@ -29,6 +30,15 @@ def test_the_world_scores_exactly_on_its_own_clips(scene):
     shuffled = world_scores(clip[torch.randperm(12, generator=torch.Generator().manual_seed(0))], scene.caption, 8.0)
     assert scores["acceleration"] < 3e-3 < shuffled["acceleration"]
     assert shuffled["teleports"] > 0
+
+
+def test_shapes_bound_to_the_wrong_colours_keep_the_caption_colours_and_lose_the_caption():
+    world = next(w for w in map(World.from_seed, range(100)) if len(w.movers) == 2 and w.movers[0].shape != w.movers[1].shape)
+    a, b = world.movers
+    swapped = replace(world, movers=(replace(a, shape=b.shape), replace(b, shape=a.shape)))
+    right, wrong = (by_object_count(w.clip(6, 2.0, 32), world.caption) for w in (world, swapped))
+    assert right == {**dict.fromkeys(right), "caption colours, 2 objects": 1.0, "caption, 2 objects": 1.0}
+    assert wrong["caption colours, 2 objects"] == 1.0 and wrong["caption, 2 objects"] == 0.0 and wrong["caption, 1 object"] is None
 
 
 def test_motion_evenness_is_near_1_for_the_world_and_near_a_quarter_for_key_frames_held_4x(scene):
@@ -79,6 +89,7 @@ def test_every_claim_and_variant_is_measured_and_progress_ticks_per_scene(tmp_pa
     variants = {t.claim.split(":")[0]: [r.variant for r in t.rows] for t in tables}
     assert variants == {
         "1. key frames, 2 fps": ["world (ground truth)", "image LDM, frame by frame", "Video LDM key frames"],
+        "1b. key frames by number of objects": ["image LDM, frame by frame", "Video LDM key frames"],
         "2. decoding, 8 fps": ["image decoder", "temporal decoder"],
         "3. rollout": [f"{label}, segment {h}" for label in ("s = 1 (no context guidance)", "s = 1.5") for h in HORIZONS],
         "4. motion at 8 fps": ["world (ground truth)", "key frames held 4x", "4x interpolated"],

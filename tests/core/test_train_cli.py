@@ -229,8 +229,33 @@ def test_an_autoencoder_fine_tunes_from_a_file_at_another_frame_size(tmp_path):
     assert (tmp_path / "half.safetensors").stat().st_size < 0.6 * (tmp_path / "still.safetensors").stat().st_size
 
 
+def test_an_image_model_fine_tunes_from_its_exported_files(base, tmp_path):
+    """An image job trains on from exported files (the way on when a checkpoint is lost)."""
+    loop = {"steps": 2, "batch_size": 2, "checkpoint_every": 2, "log_every": 1, "ema_decay": 0.0}
+    data = {"world": 4, "frames": 1, "fps": 8.0, "size": [64, 64]}
+    files = {"unet": str(base / "unet.safetensors"), "text_encoder": str(base / "text.safetensors"), "autoencoder": str(base / "ae.safetensors")}
+
+    def fine_tune(name, lr, **job):
+        run({"job": {"kind": "image", **job}, "base": files, "data": data, "train": {**loop, "lr": lr, "output_dir": str(tmp_path / name)},
+             "export": {"path": str(tmp_path / f"{name}_unet.safetensors"), "text_encoder": str(tmp_path / f"{name}_text.safetensors"), "ema": False}})
+        return [load_model(tmp_path / f"{name}_{part}.safetensors", kind)[0] for part, kind in (("unet", "unet"), ("text", "text_encoder"))]
+
+    for name, lr in (("still", 0.0), ("moved", 1e-3)):
+        models = fine_tune(name, lr)
+        for model, start in zip(models, [load_model(files[kind], kind)[0] for kind in ("unet", "text_encoder")]):
+            assert model.config == start.config
+            same = [torch.equal(a, b) for a, b in zip(model.state_dict().values(), start.state_dict().values())]
+            assert all(same) if lr == 0 else not all(same)  # lr 0: the start, exactly; else trained on
+    with pytest.raises(ValueError, match="predicts 'eps', the job 'v': set job.prediction_type = 'eps'"):
+        fine_tune("other", 1e-3, prediction_type="v")
+
+
 @pytest.mark.parametrize("values, message", [
-    ({"job": {"kind": "autoencoder"}, "base": {"unet": "u.safetensors"}}, "base.unet is not used: autoencoder jobs take no base models, or base.autoencoder"),
+    ({"job": {"kind": "image"}, "base": {"autoencoder": "a.safetensors", "unet": "u.safetensors"}, "export": {"path": "p", "text_encoder": "t"}},
+     "fine-tuning starts from base.unet + base.text_encoder: give all of them, or none to train from scratch"),
+    ({"job": {"kind": "image"}, "base": {"autoencoder": "a.safetensors", "unet": "u.safetensors", "text_encoder": "t.safetensors"},
+      "model": {"unet": {"model_channels": 64}}, "export": {"path": "p", "text_encoder": "t"}}, "[model.unet] is for models trained from scratch"),
+    ({"job": {"kind": "autoencoder"}, "base": {"unet": "u.safetensors"}}, "base.unet is not used: autoencoder jobs take no base models (they train from scratch); base.autoencoder to fine-tune"),
     ({"job": {"kind": "autoencoder"}, "base": {"autoencoder": "a.safetensors"}, "model": {"autoencoder": {"ch": 64}}}, "base.autoencoder brings its own config"),
     ({"job": {"kind": "autoencoder"}, "export": {"path": "p", "dtype": "bfloat16"}}, "export.dtype 'bfloat16': choose one of float32, float16"),
     ({"job": {"kind": "image"}, "base": {"autoencoder": "a.safetensors"}}, "export.text_encoder is required for image jobs"),

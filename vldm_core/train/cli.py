@@ -33,6 +33,7 @@ exported file is never written over.
     # autoencoder = "models/autoencoder.safetensors"
     # temporal_decoder jobs: autoencoder, checkpoint (its VAE) or vae = "vae-ft-mse-840000-ema-pruned.safetensors"
     # autoencoder jobs: nothing (from scratch, [model.autoencoder]), or autoencoder = a file to fine-tune
+    # image jobs: autoencoder; to fine-tune (train longer) an exported image model, unet and text_encoder too
 
     [layers]                          # vldm_core.temporal.TemporalConfig
     context_latent_channels = 0
@@ -109,8 +110,8 @@ BASES = {
     "image_upscaler": ({"autoencoder", "text_encoder"}, ()),
 }
 JOBS = tuple(BASES)
-# jobs that may start from a trained file instead of from scratch (fine-tuning, e.g. at another frame size)
-STARTS_FROM = {"autoencoder": "autoencoder"}
+# jobs that may start from trained files instead of from scratch (fine-tuning: longer, or at another frame size)
+STARTS_FROM = {"autoencoder": ("autoencoder",), "image": ("unet", "text_encoder")}
 SCALE_SAMPLE = 32  # clips whose frames measure a new autoencoder's latent scale
 
 
@@ -187,8 +188,9 @@ def check_config(config):
         problems.append("[data] takes videos (a folder of captioned videos) or world (a number of synthetic scenes, vldm_core.world), one of them")
     elif data.get("world") and data.get("latent_cache"):
         problems.append("data.latent_cache is for video folders: synthetic scenes render faster than latents load; remove it")
-    if kind in STARTS_FROM and config.get("base", {}).get(STARTS_FROM[kind]) and config.get("model", {}).get(STARTS_FROM[kind]):
-        problems.append(f"[model.{STARTS_FROM[kind]}] is for models trained from scratch: base.{STARTS_FROM[kind]} brings its own config; remove one")
+    for name in STARTS_FROM.get(kind, ()):
+        if config.get("base", {}).get(name) and config.get("model", {}).get(name):
+            problems.append(f"[model.{name}] is for models trained from scratch: base.{name} brings its own config; remove one")
     problems += init_problems(kind, config.get("layers", {}), config.get("job", {}).get("modes", SECTIONS["job"]["modes"]))
     if config.get("export", {}).get("dtype", "float32") not in STORAGE:
         problems.append(f"export.dtype {config['export']['dtype']!r}: choose one of {', '.join(STORAGE)}")
@@ -220,16 +222,17 @@ def init_problems(kind, layers, modes):
 
 
 def base_problems(kind, given):
-    """The [base] keys a job needs: exactly one source of its frozen models, whole
-    (or, for STARTS_FROM's jobs, at most the file they start from)."""
-    if kind in STARTS_FROM:
-        start = STARTS_FROM[kind]
-        takes = f"{kind} jobs take no base models, or base.{start} (the file they fine-tune)"
-        return [f"base.{key} is not used: {takes}" for key in sorted(given - {start})]
+    """The [base] keys a job needs: exactly one source of its frozen models, whole;
+    STARTS_FROM's jobs may add all the files they fine-tune."""
+    start = set(STARTS_FROM.get(kind, ()))
+    fine_tune = " + ".join(f"base.{key}" for key in STARTS_FROM.get(kind, ()))
+    problems = [f"fine-tuning starts from {fine_tune}: give all of them, or none to train from scratch"] if given & start and start - given else []
+    given = given - start
     own, files = BASES[kind]
     options = [f"base.{key}" for key in files] + ([" + ".join(f"base.{key}" for key in sorted(own))] if own else [])
     takes = f"{kind} jobs take " + (" or ".join(options) if options else "no base models (they train from scratch)")
-    problems = [f"base.{key} is not used: {takes}" for key in sorted(given - own - {*files, "comfyui"})]
+    takes += f"; {fine_tune} to fine-tune" if start else ""
+    problems += [f"base.{key} is not used: {takes}" for key in sorted(given - own - {*files, "comfyui"})]
     if not options:
         return problems
     sources = [f"base.{key}" for key in files if key in given] + (["the pack's own model files"] if given & own else [])
@@ -379,11 +382,20 @@ def autoencoder_job(config, device):
 
 
 def image_job(config, device):
-    """The image LDM (UNet and caption encoder) from scratch on single frames, the autoencoder frozen."""
-    job = section(config, "job")
-    autoencoder, metadata = load_model(section(config, "base")["autoencoder"], "autoencoder")
+    """The image LDM (UNet and caption encoder) on single frames, the autoencoder frozen:
+    from scratch, or fine-tuned from base.unet and base.text_encoder (an exported
+    image model trained on, when its training checkpoint is gone)."""
+    job, base = section(config, "job"), section(config, "base")
+    autoencoder, metadata = load_model(base["autoencoder"], "autoencoder")
     encode_frames = file_encoder(autoencoder.to(device).requires_grad_(False), metadata)
-    unet, text_encoder = fresh_model(config, "unet").to(device), fresh_model(config, "text_encoder").to(device)
+    if base["unet"]:
+        (unet, unet_meta), (text_encoder, _) = load_model(base["unet"], "unet"), load_model(base["text_encoder"], "text_encoder")
+        predicts = unet_meta.get("prediction_type") or job["prediction_type"]
+        if predicts != job["prediction_type"]:
+            raise DataFileError(f"{base['unet']} predicts {predicts!r}, the job {job['prediction_type']!r}: set job.prediction_type = {predicts!r} to fine-tune it")
+        unet, text_encoder = unet.train().to(device), text_encoder.train().to(device)
+    else:
+        unet, text_encoder = fresh_model(config, "unet").to(device), fresh_model(config, "text_encoder").to(device)
     trainer = ImageDiffusionJob(unet, text_encoder, job["prediction_type"], job["caption_dropout"], encode_frames)
 
     def export(path, weights, data):
