@@ -18,7 +18,7 @@ from safetensors import safe_open
 from vldm_core.autoencoder import AutoencoderConfig, AutoencoderKL
 from vldm_core.model_files import load_model, save_model
 from vldm_core.text_encoder import TextEncoder, TextEncoderConfig
-from vldm_core.train.cli import check_config, run
+from vldm_core.train.cli import check_config, read_config, run
 from vldm_core.unet import UNetConfig, UNetModel
 from vldm_core.temporal import TemporalLayers
 from vldm_core.temporal_decoder import find_decoder_layout
@@ -71,6 +71,27 @@ def test_a_config_trains_and_exports_a_file_the_nodes_load(base, tmp_path):
         run(config(base, tmp_path))
 
 
+def test_trained_temporal_layers_train_on_from_their_file(base, tmp_path):
+    """layers.start: the whole file trains on (e.g. on a base trained further), keeping its settings."""
+    first = run(config(base, tmp_path / "first", layers__alpha_init=0.3))
+    unet, _ = load_model(base / "unet.safetensors", "unet")
+    start = load_temporal_layers(first, find_layout(unet), prediction_type="eps")
+
+    def train_on(name, lr, **changes):
+        values = config(base, tmp_path / name, train__lr=lr, **changes)
+        values["layers"] = {"start": str(first)}
+        return load_temporal_layers(run(values), find_layout(unet), prediction_type="eps")
+
+    still, moved = train_on("still", 0.0, train__ema_decay=0.0), train_on("moved", 1e-2)
+    assert still.config == moved.config == start.config and still.modes == start.modes and still.train_frames == 4
+    assert all(torch.equal(a, b) for a, b in zip(still.state_dict().values(), start.state_dict().values()))  # lr 0: the start, exactly
+    assert not all(torch.equal(a, b) for a, b in zip(moved.state_dict().values(), start.state_dict().values()))
+    with pytest.raises(ValueError, match="trained for keyframe, prediction, not interpolation: set job.modes"):
+        train_on("modes", 1e-3, job__modes=["keyframe", "interpolation"])
+    with pytest.raises(ValueError, match="trained on 4 frames .* set data.frames = 4"):
+        train_on("frames", 1e-3, data__frames=3)
+
+
 def test_a_temporal_decoder_trains_from_the_autoencoder_alone(base, tmp_path):
     values = config(base, tmp_path, job__kind="temporal_decoder", layers__context_latent_channels=0)
     del values["base"]["unet"], values["base"]["text_encoder"], values["job"]["modes"]
@@ -112,6 +133,8 @@ def test_latents_can_be_encoded_once_into_a_cache(base, tmp_path):
     (dict(layers__init="mm_sd_v15_v2.safetensors"), "with layers.init only the context branch trains: set layers.context_latent_channels and job.modes to prediction"),
     (dict(layers__init="mm_sd_v15_v2.safetensors", layers__alpha_init=0.3, job__modes=["prediction"]), "layers.alpha_init does not apply with layers.init"),
     (dict(layers__init="mm_sd_v15_v2.safetensors", job__kind="upscaler"), "layers.init is for temporal_layers jobs"),
+    (dict(layers__start="keyframe.safetensors"), "layers.context_latent_channels does not apply with layers.start: the file brings its own settings"),
+    (dict(layers__start="keyframe.safetensors", job__kind="upscaler"), "layers.start is for temporal_layers jobs"),
 ])
 def test_config_problems_are_named_before_anything_loads(base, tmp_path, changes, message):
     values = config(base, tmp_path, **{k: v for k, v in changes.items() if v is not None})
@@ -166,6 +189,11 @@ def test_the_same_command_trains_under_torchrun_with_two_gloo_ranks(base, tmp_pa
     assert checkpoint.metadata()["world_size"] == "2"
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert steps == [2, 4]  # rank 0 logs alone
+
+
+@pytest.mark.parametrize("path", sorted((Path(REPO) / "configs").rglob("*.toml")), ids=lambda p: p.name)
+def test_the_shipped_configs_pass_their_checks(path):
+    check_config(read_config(path))
 
 
 def test_the_command_line_shows_help_with_an_example_config():

@@ -39,6 +39,8 @@ exported file is never written over.
     context_latent_channels = 0
     init = ""                         # temporal_layers: an AnimateDiff motion module (.safetensors) to start from: it stays
                                       # frozen and only its context branch trains (context_latent_channels, interpolation_stage)
+    start = ""                        # temporal_layers: or a temporal-layer file of this pack's to train on, all of it (e.g. on
+                                      # a base trained further); it brings its own settings, so [layers] takes nothing else
 
     [data]
     videos = "videos/"                # a folder of captioned videos (vldm_core.train.data)
@@ -95,7 +97,7 @@ SECTIONS = {
     },
     "base": {"checkpoint": "", "comfyui": "", "unet": "", "text_encoder": "", "autoencoder": "", "vae": ""},
     "model": {"unet": {}, "text_encoder": {}, "autoencoder": {}},  # configs of models trained from scratch
-    "layers": {**{f.name: f.default for f in fields(TemporalConfig)}, "init": ""},
+    "layers": {**{f.name: f.default for f in fields(TemporalConfig)}, "init": "", "start": ""},
     "data": {"videos": "", "world": 0, "frames": None, "fps": None, "size": None, "latent_cache": ""},
     "train": None,  # TrainConfig checks its own keys
     "export": {"path": None, "ema": True, "text_encoder": "", "dtype": "float32"},
@@ -172,7 +174,7 @@ def check_config(config):
         problems += [f"{name}.{key} is required" for key, default in defaults.items() if default is None and key not in given]
         problems += type_problems(name, defaults, {key: value for key, value in given.items() if key in defaults})
     problems += data_problems(config.get("data", {}))
-    layers = {key: value for key, value in config.get("layers", {}).items() if key != "init"}
+    layers = {key: value for key, value in config.get("layers", {}).items() if key not in STARTS}
     problems += config_problems("layers", TemporalConfig, layers) if set(layers) <= set(SECTIONS["layers"]) else []
     kind = config.get("job", {}).get("kind", "temporal_layers")
     if kind not in JOBS:
@@ -206,11 +208,17 @@ def check_config(config):
         raise DataFileError(f"the training config has problems:\n  {e}") from None
 
 
+STARTS = ("init", "start")  # the [layers] keys naming a file the layers start from, no part of their TemporalConfig
 INIT_KEYS = {"init", "context_latent_channels", "interpolation_stage"}  # what [layers] sets on top of a motion module
 
 
 def init_problems(kind, layers, modes):
-    """layers.init is a temporal_layers job's motion module, whose context branch alone trains."""
+    """layers.init is a temporal_layers job's motion module, whose context branch alone
+    trains; layers.start, temporal layers of this pack's, train whole and bring their own settings."""
+    if layers.get("start"):
+        if kind != "temporal_layers":
+            return [f"layers.start is for temporal_layers jobs (temporal layers to train on), not {kind}"]
+        return [f"layers.{key} does not apply with layers.start: the file brings its own settings" for key in sorted(set(layers) - {"start"})]
     if not layers.get("init"):
         return []
     if kind != "temporal_layers":
@@ -280,19 +288,22 @@ def frozen_autoencoder(config, device):
 
 
 def fresh_layer_config(config):
-    """The TemporalConfig of fresh layers from [layers], whose init (a motion module to start from) is no part of it."""
-    return TemporalConfig(**{key: value for key, value in section(config, "layers").items() if key != "init"})
+    """The TemporalConfig of fresh layers from [layers]."""
+    return TemporalConfig(**{key: value for key, value in section(config, "layers").items() if key not in STARTS})
 
 
 def temporal_layers_job(config, device):
-    """Fresh temporal layers on the frozen base, or (layers.init) a frozen motion
-    module with a fresh context branch, and the job that trains them; returns
-    (job, encode_frames for the latent cache, export(path, weights))."""
+    """Fresh temporal layers on the frozen base, (layers.start) trained ones to train
+    on, or (layers.init) a frozen motion module with a fresh context branch, and the
+    job that trains them; returns (job, encode_frames for the latent cache, export(path, weights))."""
     job, layer_settings = section(config, "job"), section(config, "layers")
-    init = layer_settings.pop("init")
+    init, start = layer_settings.pop("init"), layer_settings.pop("start")
     base = frozen_base(config, "temporal_layers", device)
     if init:
         layers, modes = motion_module_base(init, base, layer_settings, config["data"]["frames"]), ("keyframe", *job["modes"])
+    elif start:
+        layers = started_layers(start, base, job["modes"], config["data"]["frames"])
+        modes = layers.modes
     else:
         layers, modes = TemporalLayers(find_layout(base.unet), fresh_layer_config(config), modes=job["modes"]), job["modes"]
     trainer = TemporalLayersJob(
@@ -304,6 +315,17 @@ def temporal_layers_job(config, device):
         save_temporal_layers(trainer.layers, path, train_frames=config["data"]["frames"], modes=modes, prediction_type=base.prediction_type)
 
     return trainer, base.encode_frames, export
+
+
+def started_layers(path, base, modes, frames):
+    """The temporal layers at ``path`` on the base UNet, to train on in ``modes`` with clips of ``frames``."""
+    layers = load_temporal_layers(path, partial(find_layout, base.unet), prediction_type=base.prediction_type).train()
+    name = os.path.basename(path)
+    if not set(modes) <= set(layers.modes):
+        raise DataFileError(f"{name} was trained for {', '.join(layers.modes)}, not {', '.join(sorted(set(modes) - set(layers.modes)))}: set job.modes to those, or train fresh layers")
+    if frames != layers.train_frames:
+        raise DataFileError(f"{name} was trained on {layers.train_frames} frames (the sampler's window): set data.frames = {layers.train_frames}")
+    return layers
 
 
 def motion_module_base(path, base, layer_settings, frames):
