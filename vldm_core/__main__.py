@@ -59,8 +59,8 @@ def table(args):
         ticks[0] += 1
         bar(ticks[0], args.videos * ticks_per_scene(model))
 
-    tables = reproduce(model, args.videos, Settings(steps=args.steps), progress=tick)
-    print(f"{args.videos} held-out scenes of the world, {args.steps} denoising steps, bundle {os.path.basename(os.path.normpath(args.models))}\n")
+    tables = reproduce(model, args.videos, Settings(steps=args.steps, seconds=args.seconds), progress=tick)
+    print(f"{args.videos} held-out scenes of the world, {args.steps} denoising steps, {args.seconds:g} s rollouts, bundle {os.path.basename(os.path.normpath(args.models))}\n")
     print("\n\n".join(t.markdown() for t in tables))
 
 
@@ -106,6 +106,7 @@ def main(argv=None):
     claims = commands.add_parser("reproduce", help="the paper's claims measured on the bundled model (or another bundle)")
     claims.add_argument("--videos", type=int, default=8, help="held-out scenes each row averages over")
     claims.add_argument("--steps", type=int, default=Settings.steps, help="denoising steps of each window")
+    claims.add_argument("--seconds", type=float, default=120.0, help="length of the rollouts the last rollout rows score")
     for command in (run, claims):
         command.add_argument("--models", default=BUNDLED, help="a model bundle folder (bundle.json); default: the bundled model")
         command.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

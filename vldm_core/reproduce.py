@@ -6,7 +6,7 @@ the synthetic world's exact metrics (vldm_core.metrics.world):
 2. the temporal decoder removes flicker (image decoder vs temporal decoder on
    the same latents: the world's own clips, encoded, and generated videos);
 3. context guidance keeps long rollouts stable (prediction with s = 1 vs s > 1,
-   scored on the 1st, 4th and 16th segment);
+   scored on the 1st, 4th, 16th and last segment of a ``settings.seconds`` video);
 4. interpolation makes motion smooth (key frames held 4x vs interpolated 4x,
    both at the interpolated frame rate);
 5. the temporal upscaler is steadier than upscaling frame by frame (the
@@ -24,14 +24,18 @@ import torch
 
 from .autoencoder import scaled_encoder
 from .metrics.world import detect, score, segment, tracks
-from .pipeline import Settings, decode, first_window, patched, upscale
+from .pipeline import Settings, decode, first_window, patched, plan, upscale
 from .masking import keys_per_window
 from .rollout import interpolate, predict_segments
 from .sampling import Denoiser, window_sampler
 from .world import MAX_OBJECTS, World, parse_caption, scene_seed
 
 HELD_OUT_SEED = 12345  # scenes of a dataset seed no training config uses
-HORIZONS = (1, 4, 16)  # rollout segments scored
+
+
+def horizons(segments):
+    """The rollout segments scored in a rollout of ``segments``: the early ones it reaches, and its last."""
+    return tuple(h for h in (1, 4, 16) if h < segments) + (max(1, segments),)
 
 
 @dataclass
@@ -162,14 +166,17 @@ def caption_colours(video, caption):
     return sum(c == named for c in colour_sets(video)) / len(video)
 
 
-def rollout_scores(frames, caption, first_colours, first_background):
-    """One rollout segment's pixels: do its frames still show the first window's
-    objects (by colour: a shape misread in a small soft frame is not drift) and
-    the caption's, and how far has its background drifted in colour?"""
+def rollout_scores(frames, caption, first_colours, first_background, fps):
+    """One rollout segment's pixels, after the frame before it: do its frames
+    still show the first window's objects (by colour: a shape misread in a
+    small soft frame is not drift) and the caption's, how far has its
+    background drifted in colour, and do objects jump (into it or inside it)?"""
+    segment = frames[1:]
     return {
-        "colours kept": sum(c == first_colours for c in colour_sets(frames)) / len(frames),
-        "caption colours": caption_colours(frames, caption),
-        "background drift": float((background_colour(frames) - first_background).abs().mean()),
+        "colours kept": sum(c == first_colours for c in colour_sets(segment)) / len(segment),
+        "caption colours": caption_colours(segment, caption),
+        "background drift": float((background_colour(segment) - first_background).abs().mean()),
+        "teleports": score(frames, fps=fps).teleports,
     }
 
 
@@ -200,18 +207,18 @@ def measure_scene(run, scene, index):
     results["objects"] = {"image LDM, frame by frame": by_object_count(frame_by_frame, caption), "Video LDM key frames": by_object_count(first, caption)}
 
     window, context = model.prediction.train_frames, settings.context_frames
-    new = window - context
+    new, scored = window - context, horizons(plan(model, settings).segments)
     first_colours, first_background = Counter(colour_sets(first)).most_common(1)[0][0], background_colour(first)
     results["rollout"] = {}
     for scale, label in ((1.0, "s = 1 (no context guidance)"), (settings.context_scale, f"s = {settings.context_scale:g}")):
         sampler = run.sampler(caption, index + 1, scale)
         with patched(model.unet, model.prediction):
-            video = predict_segments(keys, max(HORIZONS), window, context, sampler, stage=model.prediction.config.stage_flag(0))
+            video = predict_segments(keys, scored[-1], window, context, sampler, stage=model.prediction.config.stage_flag(0))
         run.progress()
-        for horizon in HORIZONS:
+        for horizon in scored:
             start = keys.shape[0] + (horizon - 1) * new
-            frames = run.decode(video[start : start + new]).cpu()
-            results["rollout"][f"{label}, segment {horizon}"] = rollout_scores(frames, caption, first_colours, first_background)
+            frames = run.decode(video[start - 1 : start + new]).cpu()
+            results["rollout"][f"{label}, segment {horizon}"] = rollout_scores(frames, caption, first_colours, first_background, key_rate)
 
     with patched(model.unet, model.interpolation):
         dense = interpolate(keys, keys_per_window(model.interpolation.train_frames), run.sampler(caption, index + 2, settings.context_scale), stage=model.interpolation.config.stage_flag(0))

@@ -8,9 +8,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from vldm_core.pipeline import Settings, load_bundle
+from vldm_core.pipeline import Settings, load_bundle, plan
 from vldm_core.reproduce import (
-    HORIZONS, Row, Table, background_colour, by_object_count, colour_sets, held_out_scenes, mean_rows, motion_evenness, psnr, reproduce, rollout_scores, temporal_error,
+    Row, Table, background_colour, by_object_count, colour_sets, held_out_scenes, horizons, mean_rows, motion_evenness, psnr, reproduce, rollout_scores, temporal_error,
     ticks_per_scene, world_scores,
 )
 from vldm_core.world import World, WorldClips, scene_seed
@@ -58,19 +58,21 @@ def test_psnr_and_temporal_error_see_flicker_that_a_constant_offset_does_not_mak
 
 
 def test_a_rollout_segment_of_the_scene_itself_keeps_its_colours_and_does_not_drift(scene):
-    first, later = scene.clip(8, 2.0, 32), scene.clip(6, 2.0, 32, start=20.0)
+    first, later = scene.clip(8, 2.0, 32), scene.clip(7, 2.0, 32, start=20.0)  # the frame before the segment, then 6
     colours = tuple(sorted(m.colour for m in scene.movers))
     assert colour_sets(first) == [colours] * 8
-    kept = rollout_scores(later, scene.caption, colours, background_colour(first))
-    assert kept == {"colours kept": 1.0, "caption colours": 1.0, "background drift": pytest.approx(0, abs=2e-3)}  # the gradient behind moved objects
-    darker = rollout_scores(later - 0.1, scene.caption, colours, background_colour(first))
+    kept = rollout_scores(later, scene.caption, colours, background_colour(first), 2.0)
+    assert kept == {"colours kept": 1.0, "caption colours": 1.0, "background drift": pytest.approx(0, abs=2e-3), "teleports": 0}  # the gradient behind moved objects
+    darker = rollout_scores(later - 0.1, scene.caption, colours, background_colour(first), 2.0)
     assert darker["background drift"] == pytest.approx(0.1, abs=3e-3)
     other = World.from_seed(scene_seed(0, 1))
-    assert rollout_scores(other.clip(6, 2.0, 32), scene.caption, colours, background_colour(first))["colours kept"] == 0
+    assert rollout_scores(other.clip(7, 2.0, 32), scene.caption, colours, background_colour(first), 2.0)["colours kept"] == 0
+    jump = torch.cat([later[:1], later[1:].roll(12, dims=-1)])  # the segment starts 12 px off where the frame before left its objects
+    assert rollout_scores(jump, scene.caption, colours, background_colour(first), 2.0)["teleports"] > 0
 
 
 def test_held_out_scenes_are_none_of_the_training_configs_scenes():
-    training = {WorldClips(200, 1, 8.0, 32, seed=seed).world(i).caption + str(WorldClips(200, 1, 8.0, 32, seed=seed).world(i).movers) for seed in range(1, 10) for i in range(200)}
+    training = {WorldClips(200, 1, 8.0, 32, seed=seed).world(i).caption + str(WorldClips(200, 1, 8.0, 32, seed=seed).world(i).movers) for seed in range(1, 12) for i in range(200)}
     assert not any(s.caption + str(s.movers) in training for s in held_out_scenes(50))
 
 
@@ -81,17 +83,23 @@ def test_means_skip_missing_values_and_the_table_has_a_column_per_metric():
     assert text == ["| claim | x | y |", "|---|---|---|", "| a | 2 | 2 |", "| b | 0.123 | n/a |"]
 
 
+def test_a_rollout_is_scored_at_the_early_segments_it_reaches_and_its_last():
+    assert horizons(39) == (1, 4, 16, 39)  # a 2-minute rollout of the bundled model
+    assert horizons(16) == (1, 4, 16) and horizons(2) == (1, 2) and horizons(0) == (1,)
+
+
 def test_every_claim_and_variant_is_measured_and_progress_ticks_per_scene(tmp_path):
     model = load_bundle(write_tiny_bundle(tmp_path / "bundle"))
     ticks = []
-    tables = reproduce(model, videos=1, settings=Settings(steps=1, upscale_steps=1), progress=lambda: ticks.append(1))
+    settings = Settings(steps=1, upscale_steps=1)
+    tables = reproduce(model, videos=1, settings=settings, progress=lambda: ticks.append(1))
     assert len(ticks) == ticks_per_scene(model) == 7
     variants = {t.claim.split(":")[0]: [r.variant for r in t.rows] for t in tables}
     assert variants == {
         "1. key frames, 2 fps": ["world (ground truth)", "image LDM, frame by frame", "Video LDM key frames"],
         "1b. key frames by number of objects": ["image LDM, frame by frame", "Video LDM key frames"],
         "2. decoding, 8 fps": ["image decoder", "temporal decoder"],
-        "3. rollout": [f"{label}, segment {h}" for label in ("s = 1 (no context guidance)", "s = 1.5") for h in HORIZONS],
+        "3. rollout": [f"{label}, segment {h}" for label in ("s = 1 (no context guidance)", "s = 1.5") for h in horizons(plan(model, settings).segments)],
         "4. motion at 8 fps": ["world (ground truth)", "key frames held 4x", "4x interpolated"],
         "5. 4x upscaling, 8 fps": ["frame by frame", "temporal upscaler"],
     }

@@ -108,6 +108,21 @@ def test_warmup_ramps_the_learning_rate_and_the_log_says_so(tmp_path, capsys):
     assert "step 6/6" in err and "clips/s" in err and "trained 6 steps" in err
 
 
+def test_cooldown_ramps_the_learning_rate_down_over_the_last_steps(tmp_path):
+    cfg = config(tmp_path, steps=8, warmup_steps=2, cooldown_steps=4, log_every=1)
+    train(ToyJob(), ToyData(), cfg)
+    assert [line["lr"] for line in log_lines(cfg)] == pytest.approx([0.025, 0.05, 0.05, 0.05, 0.05, 0.0375, 0.025, 0.0125])
+    with pytest.raises(ValueError, match=r"cooldown_steps=9 \(must be <= steps=8\)"):
+        config(tmp_path, steps=8, cooldown_steps=9)
+
+
+def test_a_run_with_a_cooldown_resumes_only_to_the_same_length(tmp_path):
+    """The cooldown ends at ``steps``: another length would change every learning rate after the checkpoint."""
+    train(ToyJob(), ToyData(), config(tmp_path, steps=4, cooldown_steps=2))
+    with pytest.raises(ValueError, match=r"loop.steps \(checkpoint 4, now 6\)"):
+        train(ToyJob(), ToyData(), config(tmp_path, steps=6, cooldown_steps=2), resume=True)
+
+
 def test_bf16_autocasts_the_loss_and_keeps_fp32_weights(tmp_path):
     job = ToyJob()
     train(job, ToyData(), config(tmp_path, steps=2, precision="bf16"))

@@ -107,6 +107,7 @@ class TrainConfig:
     betas: tuple = (0.9, 0.999)
     weight_decay: float = 0.01
     warmup_steps: int = 0  # linear ramp of the learning rate, then constant
+    cooldown_steps: int = 0  # linear ramp of the learning rate to 0 over the last cooldown_steps steps
     grad_clip: float = 1.0  # max gradient norm of each of the job's parameter_groups (else of all); 0 = off
     precision: str = "fp32"  # "bf16": autocast the loss to bfloat16, weights and optimizer stay fp32
     gradient_checkpointing: bool = False
@@ -123,7 +124,9 @@ class TrainConfig:
         object.__setattr__(self, "betas", tuple(self.betas))
         positive = ("steps", "batch_size", "checkpoint_every", "log_every")
         bad = [f"{name}={getattr(self, name)} (must be > 0)" for name in positive if getattr(self, name) <= 0]
-        bad += [f"{name}={getattr(self, name)} (must be >= 0)" for name in ("warmup_steps", "grad_clip", "weight_decay", "num_workers", "lr") if getattr(self, name) < 0]
+        bad += [f"{name}={getattr(self, name)} (must be >= 0)" for name in ("warmup_steps", "cooldown_steps", "grad_clip", "weight_decay", "num_workers", "lr") if getattr(self, name) < 0]
+        if self.cooldown_steps > self.steps:
+            bad.append(f"cooldown_steps={self.cooldown_steps} (must be <= steps={self.steps})")
         if self.precision not in PRECISIONS:
             bad.append(f"precision={self.precision!r} (choose one of {PRECISIONS})")
         if not 0 <= self.ema_decay < 1:
@@ -311,7 +314,8 @@ def _autocast(precision, device):
 
 def _run_record(config, job, dataset_size):
     """Everything that fixes what a run computes, apart from the settings it may change on resume."""
-    loop = {k: v for k, v in config.to_dict().items() if k not in TrainConfig.RESUMABLE}
+    may_change = TrainConfig.RESUMABLE - ({"steps"} if config.cooldown_steps else set())  # a cooldown ends at steps
+    loop = {k: v for k, v in config.to_dict().items() if k not in may_change}
     job_settings = job.config_dict() if hasattr(job, "config_dict") else {}
     record = {"loop": loop, "job": job_settings, "data": {"samples": dataset_size}}
     return json.loads(json.dumps(record))  # as the checkpoint will hold it: tuples become lists
@@ -557,9 +561,9 @@ def _loss_module(job, device, world):
 
 
 def _learning_rate(config, step):
-    if config.warmup_steps == 0:
-        return config.lr
-    return config.lr * min(1.0, (step + 1) / config.warmup_steps)
+    warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    cooldown = min(1.0, (config.steps - step) / config.cooldown_steps) if config.cooldown_steps else 1.0
+    return config.lr * min(warmup, cooldown)
 
 
 def _loss_and_terms(output):
