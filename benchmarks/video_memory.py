@@ -35,6 +35,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from vldm_core.autoencoder import AutoencoderConfig, AutoencoderKL  # noqa: E402
 from vldm_core.masking import interpolated_length, interpolation_windows  # noqa: E402
+from vldm_core.pipeline import Settings, load_bundle, plan  # noqa: E402
+from vldm_core.reproduce import horizons  # noqa: E402
 from vldm_core.rollout import interpolate, predict_segments  # noqa: E402
 from vldm_core.sampling import Denoiser, discrete_sigmas, sample_euler, sampling_sigmas, window_sampler  # noqa: E402
 from vldm_core.temporal import TemporalConfig, TemporalLayers  # noqa: E402
@@ -48,6 +50,8 @@ SEGMENTS = (1, 4, 16)
 KEY_FRAMES = (2, 8, 32)
 FRAMES = (8, 32, 128)
 DECODE_OVERLAP = 4
+DEMO_PROMPT = "a red circle and a blue square"
+ROLLOUT_JOBS = ("predict", "interpolate")
 
 
 def build(args):
@@ -57,6 +61,24 @@ def build(args):
     layers = TemporalLayers(find_layout(unet), TemporalConfig(context_latent_channels=config.in_channels, interpolation_stage=True))
     inject(unet, layers)
     return unet.to(args.device)
+
+
+def random_rollout_model(args):
+    """The random SD-layout UNet (its temporal layers serve both jobs) and stand-in captions."""
+    unet = build(args)
+    return Denoiser(unet), args.window, 0, torch.randn(1, 16, 64), torch.zeros(1, 16, 64), (4, args.size, args.size)
+
+
+def bundled_rollout_model(args, job):
+    """The bundle's UNet running the job's trained layers, at their window and the bundle's latent size."""
+    model = load_bundle(args.bundle, args.device)
+    layers = model.prediction if job == "predict" else model.interpolation
+    inject(model.unet, layers)
+    latent_size = tuple(side // model.autoencoder.module.config.downsampling for side in model.frame_size)
+    with torch.no_grad():
+        text, no_text = model.text_encoder([DEMO_PROMPT]), model.text_encoder([""])
+    shape = (model.unet.config.in_channels, *latent_size)
+    return Denoiser(model.unet, model.prediction_type), layers.train_frames, layers.config.stage_flag(0), text, no_text, shape
 
 
 def keys_per_window(window):
@@ -71,20 +93,18 @@ def memory_in_use(device):
 
 
 def rollout_job(args, job, length, device, store):
-    unet = build(args)
-    text, no_text = torch.randn(1, 16, 64), torch.zeros(1, 16, 64)
-    sample_window = window_sampler(Denoiser(unet), text, no_text, args.steps, cfg=5.0, context_scale=1.5, seed=0, device=device)
-    shape = (4, args.size, args.size)
+    denoiser, window, stage, text, no_text, shape = bundled_rollout_model(args, job) if args.bundle else random_rollout_model(args)
+    sample_window = window_sampler(denoiser, text, no_text, args.steps, cfg=5.0, context_scale=1.5, seed=0, device=device)
     if job == "predict":
-        video = torch.randn(args.window, *shape)
+        video = torch.randn(window, *shape)
         return (
-            lambda n: predict_segments(video, n, args.window, 2, sample_window, stage=0, store=store),
-            length, dict(windows=length, sampled=length * args.window, widest=args.window),
+            lambda n: predict_segments(video, n, window, 2, sample_window, stage=stage, store=store),
+            length, dict(windows=length, sampled=length * window, widest=window),
         )
-    per_window = keys_per_window(args.window)
+    per_window = keys_per_window(window)
     lengths = [interpolated_length(end - start) for start, end in interpolation_windows(length, per_window)]
     return (
-        lambda n: interpolate(torch.randn(n, *shape), per_window, sample_window, stage=0, store=store),
+        lambda n: interpolate(torch.randn(n, *shape), per_window, sample_window, stage=stage, store=store),
         length, dict(windows=len(lengths), sampled=sum(lengths), widest=max(lengths)),
     )
 
@@ -166,7 +186,16 @@ def run_one(args, job, length):
 def measure(args, job, length):
     # large CPU tensors in their own mappings, returned on free: the resident set
     # then follows live tensors instead of the allocator's fragmentation
-    return run_setting(__file__, (job, length), args, skip=("jobs",), env={"MALLOC_MMAP_THRESHOLD_": str(2**17)})
+    return run_setting(__file__, (job, length), args, skip=("jobs", "seconds"), env={"MALLOC_MMAP_THRESHOLD_": str(2**17)})
+
+
+def bundle_lengths(args):
+    """A ``--seconds`` video of the bundle: its rollout segments (and the 1, 4, 16 that fit),
+    its key frames (and the 2, 8, 32 that fit), and the interpolation window."""
+    model = load_bundle(args.bundle)
+    work = plan(model, Settings(seconds=args.seconds))
+    lengths = {"predict": horizons(work.segments), "interpolate": tuple(n for n in KEY_FRAMES if n < work.key_frames) + (work.key_frames,)}
+    return lengths, model.interpolation.train_frames
 
 
 def report(title, unit, rows):
@@ -196,16 +225,26 @@ def main():
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--jobs", nargs="+", default=list(JOBS), choices=list(JOBS))
+    parser.add_argument("--bundle", help="a model bundle folder: its trained UNet and layers run the rollout jobs, at its window and latent size")
+    parser.add_argument("--seconds", type=float, default=120.0, help="with --bundle: the video length whose rollout is measured")
     parser.add_argument("--one", nargs=2, metavar=("JOB", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
         return run_one(args, args.one[0], int(args.one[1]))
 
-    print(f"device {args.device}, latents {args.size}x{args.size}, model channels {args.channels}, window {args.window} frames, {args.steps} steps")
+    if args.bundle:
+        if set(args.jobs) - set(ROLLOUT_JOBS):
+            parser.error(f"--bundle measures the rollout jobs ({', '.join(ROLLOUT_JOBS)}): pass --jobs with those, or leave --bundle out")
+        lengths_of, interpolation_window = bundle_lengths(args)
+        print(f"device {args.device}, bundle {args.bundle}, a {args.seconds:g} s video, {args.steps} steps")
+    else:
+        lengths_of, interpolation_window = {job: lengths for job, (_, _, lengths) in JOBS.items()}, args.window
+        print(f"device {args.device}, latents {args.size}x{args.size}, model channels {args.channels}, window {args.window} frames, {args.steps} steps")
     for job in args.jobs:
-        title, unit, lengths = JOBS[job]
-        report(title.format(keys=keys_per_window(args.window), overlap=DECODE_OVERLAP), unit, [(n, measure(args, job, n)) for n in lengths])
+        title, unit, _ = JOBS[job]
+        lengths = lengths_of[job]
+        report(title.format(keys=keys_per_window(interpolation_window), overlap=DECODE_OVERLAP), unit, [(n, measure(args, job, n)) for n in lengths])
 
 
 JOBS = {

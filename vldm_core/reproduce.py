@@ -181,12 +181,26 @@ def rollout_scores(frames, caption, first_colours, first_background, fps):
 
 
 def by_object_count(video, caption):
-    """Caption colours and caption agreement filed under the caption's number of
-    objects (None under the others): where colours are right and shapes are
-    not, the model has not bound each shape to its colour."""
-    count = len(parse_caption(caption))
-    scores = {"caption colours": caption_colours(video, caption), "caption": score(video, caption).caption_agreement}
-    return {f"{metric}, {n} object{'s' * (n > 1)}": value if n == count else None for metric, value in scores.items() for n in range(1, MAX_OBJECTS + 1)}
+    """Caption colours, caption agreement and swapped shapes filed under the
+    caption's number of objects (None under the others): where colours are
+    right and shapes are not, the model has not bound each shape to its
+    colour; swapped: the frame shows the caption's colours and its shapes,
+    on the wrong objects."""
+    named = sorted(parse_caption(caption))
+    count = len(named)
+    colours = lambda objects: sorted(c for c, _ in objects)  # noqa: E731
+    shapes = lambda objects: sorted(s for _, s in objects)  # noqa: E731
+    frames = [sorted((d.colour, d.shape) for d in found) for found in detect(video)]
+    right_colours = [colours(f) == colours(named) for f in frames]
+    scores = {
+        "caption colours": sum(right_colours) / len(frames),
+        "caption": sum(f == named for f in frames) / len(frames),
+        "shapes swapped": sum(ok and f != named and shapes(f) == shapes(named) for ok, f in zip(right_colours, frames)) / len(frames),
+    }
+    return {
+        f"{metric}, {n} object{'s' * (n > 1)}": value if n == count else None
+        for metric, value in scores.items() for n in range(1 + (metric == "shapes swapped"), MAX_OBJECTS + 1)
+    }
 
 
 def measure_scene(run, scene, index):

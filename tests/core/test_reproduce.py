@@ -4,6 +4,7 @@ bundled model scores is tested in test_bundled_model.py."""
 
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from vldm_core.reproduce import (
     Row, Table, background_colour, by_object_count, colour_sets, held_out_scenes, horizons, mean_rows, motion_evenness, psnr, reproduce, rollout_scores, temporal_error,
     ticks_per_scene, world_scores,
 )
+from vldm_core.train.cli import read_config
 from vldm_core.world import World, WorldClips, scene_seed
 
 from tiny_models import write_tiny_bundle
@@ -36,9 +38,12 @@ def test_shapes_bound_to_the_wrong_colours_keep_the_caption_colours_and_lose_the
     world = next(w for w in map(World.from_seed, range(100)) if len(w.movers) == 2 and w.movers[0].shape != w.movers[1].shape)
     a, b = world.movers
     swapped = replace(world, movers=(replace(a, shape=b.shape), replace(b, shape=a.shape)))
-    right, wrong = (by_object_count(w.clip(6, 2.0, 32), world.caption) for w in (world, swapped))
-    assert right == {**dict.fromkeys(right), "caption colours, 2 objects": 1.0, "caption, 2 objects": 1.0}
+    same = replace(world, movers=(a, replace(b, shape=a.shape)))
+    right, wrong, alike = (by_object_count(w.clip(6, 2.0, 32), world.caption) for w in (world, swapped, same))
+    assert right == {**dict.fromkeys(right), "caption colours, 2 objects": 1.0, "caption, 2 objects": 1.0, "shapes swapped, 2 objects": 0.0}
     assert wrong["caption colours, 2 objects"] == 1.0 and wrong["caption, 2 objects"] == 0.0 and wrong["caption, 1 object"] is None
+    assert wrong["shapes swapped, 2 objects"] == 1.0 and "shapes swapped, 1 object" not in wrong
+    assert alike["caption colours, 2 objects"] == 1.0 and alike["caption, 2 objects"] == alike["shapes swapped, 2 objects"] == 0.0
 
 
 def test_motion_evenness_is_near_1_for_the_world_and_near_a_quarter_for_key_frames_held_4x(scene):
@@ -72,8 +77,9 @@ def test_a_rollout_segment_of_the_scene_itself_keeps_its_colours_and_does_not_dr
 
 
 def test_held_out_scenes_are_none_of_the_training_configs_scenes():
-    training = {WorldClips(200, 1, 8.0, 32, seed=seed).world(i).caption + str(WorldClips(200, 1, 8.0, 32, seed=seed).world(i).movers) for seed in range(1, 12) for i in range(200)}
-    assert not any(s.caption + str(s.movers) in training for s in held_out_scenes(50))
+    seeds = {read_config(path)["train"]["seed"] for path in (Path(__file__).parents[2] / "configs").rglob("*.toml")}
+    training = {str(WorldClips(200, 1, 8.0, 32, seed=seed).world(i).movers) for seed in seeds for i in range(200)}
+    assert len(seeds) > 10 and not any(str(s.movers) in training for s in held_out_scenes(50))
 
 
 def test_means_skip_missing_values_and_the_table_has_a_column_per_metric():
