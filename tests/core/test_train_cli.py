@@ -278,9 +278,23 @@ def test_an_image_model_fine_tunes_from_its_exported_files(base, tmp_path):
         fine_tune("other", 1e-3, prediction_type="v")
 
 
+def test_an_image_unet_fine_tunes_with_a_new_caption_encoder(base, tmp_path):
+    """base.unet alone: the UNet trains on from its file, the caption encoder is a new one of [model.text_encoder]."""
+    start, _ = load_model(base / "unet.safetensors", "unet")
+    text = {"dim": start.config.context_dim, "max_tokens": 8, "layers": 1, "heads": 2}
+    run({"job": {"kind": "image"}, "base": {"unet": str(base / "unet.safetensors"), "autoencoder": str(base / "ae.safetensors")},
+         "model": {"text_encoder": text}, "data": {"world": 4, "frames": 1, "fps": 8.0, "size": [64, 64]},
+         "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 2, "log_every": 1, "lr": 0.0, "output_dir": str(tmp_path / "run")},
+         "export": {"path": str(tmp_path / "unet.safetensors"), "text_encoder": str(tmp_path / "text.safetensors"), "ema": False}})
+    unet, _ = load_model(tmp_path / "unet.safetensors", "unet")
+    text_encoder, _ = load_model(tmp_path / "text.safetensors", "text_encoder")
+    assert all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), start.state_dict().values()))  # lr 0: the start, exactly
+    assert (text_encoder.config.max_tokens, text_encoder.config.layers) == (8, 1)
+
+
 @pytest.mark.parametrize("values, message", [
-    ({"job": {"kind": "image"}, "base": {"autoencoder": "a.safetensors", "unet": "u.safetensors"}, "export": {"path": "p", "text_encoder": "t"}},
-     "fine-tuning starts from base.unet + base.text_encoder: give all of them, or none to train from scratch"),
+    ({"job": {"kind": "image"}, "base": {"autoencoder": "a.safetensors", "text_encoder": "t.safetensors"}, "export": {"path": "p", "text_encoder": "t"}},
+     "fine-tuning starts from base.unet (+ base.text_encoder or a new one from [model.text_encoder]): give base.unet, or none of them"),
     ({"job": {"kind": "image"}, "base": {"autoencoder": "a.safetensors", "unet": "u.safetensors", "text_encoder": "t.safetensors"},
       "model": {"unet": {"model_channels": 64}}, "export": {"path": "p", "text_encoder": "t"}}, "[model.unet] is for models trained from scratch"),
     ({"job": {"kind": "autoencoder"}, "base": {"unet": "u.safetensors"}}, "base.unet is not used: autoencoder jobs take no base models (they train from scratch); base.autoencoder to fine-tune"),

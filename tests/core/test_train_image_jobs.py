@@ -173,6 +173,20 @@ def test_a_frozen_autoencoder_encoding_the_frames_stays_bit_identical(tmp_path):
     assert same_weights(ae.state_dict(), frozen) and all(p.grad is None for p in ae.parameters())
 
 
+def test_a_new_caption_encoder_tells_which_colour_goes_with_which_shape():
+    """Swapping two objects' colours leaves the caption's words, only their places
+    change: an encoder whose positions are too small to matter gives the shape
+    word the same output either way, and the UNet then cannot bind shapes to colours."""
+    torch.manual_seed(0)
+    encoder = TextEncoder(TextEncoderConfig(vocab=512)).eval()
+    with torch.no_grad():
+        ours, swapped = encoder(["a red circle and a blue square", "a blue circle and a red square"])
+        encoder.position.mul_(0.02)
+        blind, blind_swapped = encoder(["a red circle and a blue square", "a blue circle and a red square"])
+    distance = lambda a, b: 1 - torch.nn.functional.cosine_similarity(a[2], b[2], dim=0)  # noqa: E731  # "circle"
+    assert distance(ours, swapped) > 1e-4 > 10 * distance(blind, blind_swapped)
+
+
 def test_caption_dropout_matches_its_rate_and_leaves_the_empty_caption():
     captions = [f"caption {i}" for i in range(20000)]
     dropped = drop_captions(captions, 0.1, torch.Generator().manual_seed(0))

@@ -34,6 +34,7 @@ exported file is never written over.
     # temporal_decoder jobs: autoencoder, checkpoint (its VAE) or vae = "vae-ft-mse-840000-ema-pruned.safetensors"
     # autoencoder jobs: nothing (from scratch, [model.autoencoder]), or autoencoder = a file to fine-tune
     # image jobs: autoencoder; to fine-tune (train longer) an exported image model, unet and text_encoder too
+    # (unet alone: the UNet learns with a new caption encoder from [model.text_encoder])
 
     [layers]                          # vldm_core.temporal.TemporalConfig
     context_latent_channels = 0
@@ -231,10 +232,12 @@ def init_problems(kind, layers, modes):
 
 def base_problems(kind, given):
     """The [base] keys a job needs: exactly one source of its frozen models, whole;
-    STARTS_FROM's jobs may add all the files they fine-tune."""
+    STARTS_FROM's jobs may add the files they fine-tune: the first, and any of the
+    others (those not given train from their [model.*] config)."""
+    first, *others = STARTS_FROM.get(kind, (None,))
     start = set(STARTS_FROM.get(kind, ()))
-    fine_tune = " + ".join(f"base.{key}" for key in STARTS_FROM.get(kind, ()))
-    problems = [f"fine-tuning starts from {fine_tune}: give all of them, or none to train from scratch"] if given & start and start - given else []
+    fine_tune = f"base.{first}" + "".join(f" (+ base.{key} or a new one from [model.{key}])" for key in others)
+    problems = [f"fine-tuning starts from {fine_tune}: give base.{first}, or none of them to train from scratch"] if given & start and first not in given else []
     given = given - start
     own, files = BASES[kind]
     options = [f"base.{key}" for key in files] + ([" + ".join(f"base.{key}" for key in sorted(own))] if own else [])
@@ -406,12 +409,14 @@ def autoencoder_job(config, device):
 def image_job(config, device):
     """The image LDM (UNet and caption encoder) on single frames, the autoencoder frozen:
     from scratch, or fine-tuned from base.unet and base.text_encoder (an exported
-    image model trained on, when its training checkpoint is gone)."""
+    image model trained on, when its training checkpoint is gone); base.unet alone
+    gives it a new caption encoder, from [model.text_encoder]."""
     job, base = section(config, "job"), section(config, "base")
     autoencoder, metadata = load_model(base["autoencoder"], "autoencoder")
     encode_frames = file_encoder(autoencoder.to(device).requires_grad_(False), metadata)
     if base["unet"]:
-        (unet, unet_meta), (text_encoder, _) = load_model(base["unet"], "unet"), load_model(base["text_encoder"], "text_encoder")
+        unet, unet_meta = load_model(base["unet"], "unet")
+        text_encoder = load_model(base["text_encoder"], "text_encoder")[0] if base["text_encoder"] else fresh_model(config, "text_encoder")
         predicts = unet_meta.get("prediction_type") or job["prediction_type"]
         if predicts != job["prediction_type"]:
             raise DataFileError(f"{base['unet']} predicts {predicts!r}, the job {job['prediction_type']!r}: set job.prediction_type = {predicts!r} to fine-tune it")
