@@ -33,6 +33,7 @@ from fresh_process import run_setting
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from vldm_core.__main__ import DEMO_PROMPT  # noqa: E402
 from vldm_core.autoencoder import AutoencoderConfig, AutoencoderKL  # noqa: E402
 from vldm_core.masking import interpolated_length, interpolation_windows  # noqa: E402
 from vldm_core.pipeline import Settings, load_bundle, plan  # noqa: E402
@@ -50,7 +51,6 @@ SEGMENTS = (1, 4, 16)
 KEY_FRAMES = (2, 8, 32)
 FRAMES = (8, 32, 128)
 DECODE_OVERLAP = 4
-DEMO_PROMPT = "a red circle and a blue square"
 ROLLOUT_JOBS = ("predict", "interpolate")
 
 
@@ -74,10 +74,9 @@ def bundled_rollout_model(args, job):
     model = load_bundle(args.bundle, args.device)
     layers = model.prediction if job == "predict" else model.interpolation
     inject(model.unet, layers)
-    latent_size = tuple(side // model.autoencoder.module.config.downsampling for side in model.frame_size)
     with torch.no_grad():
         text, no_text = model.text_encoder([DEMO_PROMPT]), model.text_encoder([""])
-    shape = (model.unet.config.in_channels, *latent_size)
+    shape = (model.unet.config.in_channels, *model.latent_size)
     return Denoiser(model.unet, model.prediction_type), layers.train_frames, layers.config.stage_flag(0), text, no_text, shape
 
 

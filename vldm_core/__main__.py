@@ -16,6 +16,7 @@ from .pipeline import BUNDLE, PARTS, Settings, generate, load_bundle, plan, writ
 from .reproduce import reproduce, ticks_per_scene
 from .video_io import write_video
 
+DEMO_PROMPT = "a red circle and a blue square"
 BUNDLED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "videoldm-shapes")
 
 
@@ -95,7 +96,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m vldm_core", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("demo", help="generate a video with the bundled model (or another bundle)")
-    run.add_argument("--prompt", default="a red circle and a blue square", help="what the video shows, e.g. 'a green triangle and a yellow circle'")
+    run.add_argument("--prompt", default=DEMO_PROMPT, help="what the video shows, e.g. 'a green triangle and a yellow circle'")
     run.add_argument("--seconds", type=float, default=10.0, help="length of the video")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--output", default="demo.mp4", help="the mp4 to write (never written over without --overwrite)")

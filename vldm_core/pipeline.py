@@ -70,6 +70,11 @@ class VideoLDM:
     def device(self):
         return next(self.unet.parameters()).device
 
+    @property
+    def latent_size(self):
+        """(height, width) of the latents of a frame_size frame."""
+        return tuple(side // self.autoencoder.module.config.downsampling for side in self.frame_size)
+
 
 @dataclass
 class Settings:
@@ -283,8 +288,7 @@ def generate(model, prompt, settings=Settings(), progress=None):
 def first_window(model, layers, frames, seed, settings, text, no_text, step=None):
     """``frames`` key frames sampled jointly from ``seed``'s noise with ``layers``
     (the key-frame model; None: the image model, each frame on its own)."""
-    latent_size = tuple(side // model.autoencoder.module.config.downsampling for side in model.frame_size)
-    noise = torch.randn((frames, model.unet.config.in_channels, *latent_size), generator=torch.Generator().manual_seed(seed)).to(model.device)
+    noise = torch.randn((frames, model.unet.config.in_channels, *model.latent_size), generator=torch.Generator().manual_seed(seed)).to(model.device)
     with patched(model.unet, layers):
         return sample_guided(Denoiser(model.unet, model.prediction_type), text, no_text, noise, settings.steps, settings.cfg, step)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from .autoencoder import scaled_encoder
-from .metrics.world import detect, score, segment, tracks
+from .metrics.world import detect, identities, score, segment, tracks
 from .pipeline import Settings, decode, first_window, patched, plan, upscale
 from .masking import keys_per_window
 from .rollout import interpolate, predict_segments
@@ -186,11 +186,11 @@ def by_object_count(video, caption):
     right and shapes are not, the model has not bound each shape to its
     colour; swapped: the frame shows the caption's colours and its shapes,
     on the wrong objects."""
-    named = sorted(parse_caption(caption))
+    named = tuple(sorted(parse_caption(caption)))
     count = len(named)
     colours = lambda objects: sorted(c for c, _ in objects)  # noqa: E731
     shapes = lambda objects: sorted(s for _, s in objects)  # noqa: E731
-    frames = [sorted((d.colour, d.shape) for d in found) for found in detect(video)]
+    frames = [identities(found) for found in detect(video)]
     right_colours = [colours(f) == colours(named) for f in frames]
     scores = {
         "caption colours": sum(right_colours) / len(frames),
