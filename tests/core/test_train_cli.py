@@ -196,6 +196,24 @@ def test_the_shipped_configs_pass_their_checks(path):
     check_config(read_config(path))
 
 
+def test_the_bundled_models_configs_form_one_chain_that_writes_each_bundle_file_once():
+    """Run in file-name order (the model card's), every config reads only files
+    that an earlier one wrote, no two write the same file, and every file of
+    the bundle is written by one of them: the model card's commands rebuild it."""
+    written = {}
+    for path in sorted((Path(REPO) / "configs" / "videoldm-shapes").glob("*.toml")):
+        config = read_config(path)
+        reads = [config.get("base", {}).get(part) for part in ("unet", "text_encoder", "autoencoder")] + [config.get("layers", {}).get("start")]
+        unwritten = [file for file in reads if file and file not in written]
+        assert not unwritten, f"{path.name} reads {unwritten}, which no config before it writes"
+        for file in filter(None, (config["export"]["path"], config["export"].get("text_encoder"))):
+            assert file not in written, f"{path.name} and {written[file]} both write {file}"
+            written[file] = path.name
+    bundle = Path(REPO) / "models" / "videoldm-shapes"
+    files = json.loads((bundle / "bundle.json").read_text())["files"].values()
+    assert sorted({f"models/videoldm-shapes/{file}" for file in files} - set(written)) == []
+
+
 def test_the_command_line_shows_help_with_an_example_config():
     result = subprocess.run([sys.executable, "-m", "vldm_core.train", "--help"], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0 and "[train]" in result.stdout and "--resume" in result.stdout
