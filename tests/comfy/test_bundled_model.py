@@ -8,6 +8,7 @@ import pytest
 import torch
 from einops import rearrange
 
+from vldm_core.masking import INTERPOLATION_FACTOR
 from vldm_core.metrics.world import detect, tracks
 from vldm_core.reproduce import colour_sets
 
@@ -75,7 +76,7 @@ def spread_intervals(video):
     carries 60% of it. Key frames held 4x score 0; a jump of the key frames
     themselves (which interpolation cannot mend) costs only its own interval."""
     steps = torch.linalg.vector_norm(torch.diff(tracks(detect(video)), dim=1), dim=-1)
-    intervals = rearrange(steps[:, : steps.shape[1] // 4 * 4], "objects (interval step) -> objects interval step", step=4)
+    intervals = rearrange(steps[:, : steps.shape[1] // INTERPOLATION_FACTOR * INTERPOLATION_FACTOR], "objects (interval step) -> objects interval step", step=INTERPOLATION_FACTOR)
     total, largest = intervals.sum(-1), intervals.max(-1).values
     moving = total > 1.5 / video.shape[-1]
     return float((largest < 0.6 * total)[moving].float().mean())
