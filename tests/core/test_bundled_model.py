@@ -45,7 +45,8 @@ def test_temporal_layers_align_independent_frames_into_one_clip(table):
     # and hold their objects: none jumps (the target), their colours change less often than frame by frame
     assert video["teleports"] == 0 < image["teleports"]
     assert video["colours"] > image["colours"]
-    # the identity and caption targets (0.9, 0.8) are not reached yet; these floors keep what step 3e reached
+    # on 8 scenes at 20 steps identity and caption are 0.89 and 0.88 (targets 0.9, 0.8); on these 3 at 10 steps
+    # step 3f's layers score 0.75 for both, which these floors hold
     assert video["identity"] >= 0.75 and video["caption"] >= 0.7
 
 
