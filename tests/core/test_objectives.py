@@ -34,6 +34,17 @@ def test_timesteps_are_one_per_video_and_follow_the_generator():
     assert a.shape == (5,) and torch.equal(a, b) and ((0 <= a) & (a < 1000)).all()
 
 
+def test_a_timestep_power_above_one_favours_high_noise_and_one_keeps_the_uniform_stream():
+    """Density p (t/T)^(p-1): with p = 2, P(t >= T/2) = 3/4 and E[t/T] = 2/3."""
+    t = draw_timesteps(40000, torch.Generator().manual_seed(4), power=2.0).double()
+    assert abs(float((t >= 500).double().mean()) - 0.75) < 0.01 and abs(float(t.mean()) / 1000 - 2 / 3) < 0.01
+    assert t.min() >= 0 and t.max() <= 999
+    uniform = torch.randint(0, 1000, (6,), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(draw_timesteps(6, torch.Generator().manual_seed(5), power=1.0), uniform)  # runs trained before the power draw the same
+    with pytest.raises(ValueError, match="timestep_power 0"):
+        draw_timesteps(6, torch.Generator(), power=0.0)
+
+
 def test_prediction_draws_zero_one_and_two_context_frames():
     g = torch.Generator().manual_seed(2)
     seen = set()

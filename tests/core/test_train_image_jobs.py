@@ -17,11 +17,11 @@ from vldm_core.text_encoder import TextEncoder, TextEncoderConfig
 from vldm_core.train.image_jobs import (
     AutoencoderJob,
     ImageDiffusionJob,
-    drop_captions,
     export_autoencoder,
     export_image_model,
     latent_scale,
 )
+from vldm_core.train.objectives import drop_captions
 from vldm_core.train.loop import TrainConfig, load_checkpoint_weights, train
 from vldm_core.unet_layout import find_layout, inject
 

@@ -29,11 +29,11 @@ def encode_text(captions):
     return torch.ones(len(captions), 5, TINY.context_dim) * 0.1
 
 
-def job(modes=("keyframe",), **config):
+def job(modes=("keyframe",), objective=None, text=encode_text, **config):
     torch.manual_seed(0)
     unet = tiny_unet()
     layers = TemporalLayers(find_layout(unet), TemporalConfig(**config), modes=modes)
-    return TemporalLayersJob(unet, layers, encode_text, modes=modes, stages=(0, 1))
+    return TemporalLayersJob(unet, layers, text, modes=modes, stages=(0, 1), **(objective or {}))
 
 
 def held_out_loss(j):
@@ -95,6 +95,32 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     j = job()
     batch = {"latents": torch.stack([MovingPatterns()[i]["latents"] for i in range(2)]), "caption": ["a", "b"]}
     assert checkpointed_gradients_agree(j, batch)
+
+
+def test_dropping_every_caption_trains_the_layers_on_the_empty_caption():
+    """Classifier-free guidance runs the temporal layers on the empty caption too;
+    with dropout 1 the job computes exactly what it computes on empty captions."""
+    def caption_text(captions):  # the empty caption embeds apart from the others
+        return torch.stack([torch.full((5, TINY.context_dim), 0.1 if c else -0.3) for c in captions])
+
+    data = MovingPatterns(videos=2)
+    batch = {"latents": torch.stack([data[i]["latents"] for i in range(2)]), "caption": ["a pattern moving right"] * 2}
+    with torch.no_grad():
+        dropped = job(objective={"caption_dropout": 1.0}, text=caption_text).loss(batch, torch.Generator().manual_seed(3))
+        empty = job(text=caption_text).loss({**batch, "caption": ["", ""]}, torch.Generator().manual_seed(3))
+        kept = job(text=caption_text).loss(batch, torch.Generator().manual_seed(3))
+    assert torch.equal(dropped, empty) and not torch.equal(dropped, kept)
+
+
+def test_a_run_records_the_objective_only_where_it_differs_from_the_image_models():
+    """Checkpoints of runs trained before caption dropout and the timestep power existed still resume."""
+    plain, changed = job().config_dict(), job(objective={"caption_dropout": 0.1, "timestep_power": 2.0}).config_dict()
+    assert "caption_dropout" not in plain and "timestep_power" not in plain
+    assert changed == {**plain, "caption_dropout": 0.1, "timestep_power": 2.0}
+    with pytest.raises(ValueError, match="caption_dropout 1.5"):
+        job(objective={"caption_dropout": 1.5})
+    with pytest.raises(ValueError, match="timestep_power -1"):
+        job(objective={"timestep_power": -1.0})
 
 
 def test_context_modes_need_layers_with_a_context_encoder():

@@ -18,7 +18,9 @@ exported file is never written over.
     kl_weight = 1e-6                  # autoencoder: weight of the KL term
     perceptual_weights = ""           # temporal_decoder, autoencoder: LPIPS (VGG) weights as safetensors, for a perceptual loss
     perceptual_weight = 1.0           #   (vldm_core.train.perceptual says how to convert the lpips package's weights)
-    caption_dropout = 0.1             # image: share of empty captions (classifier-free guidance)
+    caption_dropout = 0.1             # image, temporal_layers: share of empty captions (classifier-free guidance)
+    timestep_power = 1.0              # temporal_layers: t / T drawn with density p (t / T)^(p - 1); above 1 favours the
+                                      # high noise where a video's layout is decided (1: uniform, as the image model)
     prediction_type = "eps"           # image, image_upscaler: what the new UNet predicts ("eps" or "v")
 
     [model.unet]                      # image, image_upscaler: vldm_core.unet.UNetConfig of the new UNet
@@ -94,7 +96,7 @@ from .loop import TrainConfig, default_device, load_checkpoint_weights, train
 SECTIONS = {
     "job": {
         "kind": "temporal_layers", "modes": ["keyframe"], "stages": [0, 1], "adversarial_weight": 0.1, "patch": 0,
-        "kl_weight": 1e-6, "caption_dropout": 0.1, "prediction_type": "eps", "perceptual_weights": "", "perceptual_weight": 1.0,
+        "kl_weight": 1e-6, "caption_dropout": 0.1, "timestep_power": 1.0, "prediction_type": "eps", "perceptual_weights": "", "perceptual_weight": 1.0,
     },
     "base": {"checkpoint": "", "comfyui": "", "unet": "", "text_encoder": "", "autoencoder": "", "vae": ""},
     "model": {"unet": {}, "text_encoder": {}, "autoencoder": {}},  # configs of models trained from scratch
@@ -310,7 +312,8 @@ def temporal_layers_job(config, device):
     else:
         layers, modes = TemporalLayers(find_layout(base.unet), fresh_layer_config(config), modes=job["modes"]), job["modes"]
     trainer = TemporalLayersJob(
-        base.unet, layers.to(device), base.encode_text, base.prediction_type, job["modes"], tuple(job["stages"]), base.encode_frames, base.call_unet, context_only=bool(init)
+        base.unet, layers.to(device), base.encode_text, base.prediction_type, job["modes"], tuple(job["stages"]), base.encode_frames, base.call_unet,
+        context_only=bool(init), caption_dropout=job["caption_dropout"], timestep_power=job["timestep_power"],
     )
 
     def export(path, weights, data):

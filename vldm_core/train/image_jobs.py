@@ -27,7 +27,7 @@ from ..temporal import TemporalLayer
 from ..text_encoder import TextEncoder
 from ..unet import UNetModel
 from .jobs import video_latents
-from .objectives import draw_timesteps, noised
+from .objectives import checked_dropout, draw_timesteps, drop_captions, noised
 
 
 
@@ -106,15 +106,6 @@ def export_autoencoder(job_or_autoencoder, path, latent_scale, weights=None, ove
     save_model(autoencoder, path, overwrite=overwrite, latent_scale=latent_scale)
 
 
-def drop_captions(captions, probability, generator):
-    """Each caption replaced by "" with ``probability``: the model also learns the
-    unconditional prediction that classifier-free guidance subtracts. One draw
-    per caption whatever the probability, so the rest of the loss's random
-    stream does not depend on it."""
-    dropped = torch.rand(len(captions), generator=generator) < probability
-    return ["" if drop else caption for caption, drop in zip(captions, dropped.tolist())]
-
-
 class ImageDiffusionJob:
     """The image LDM: a ``UNetModel`` without temporal layers and a ``TextEncoder``
     trained together (the loop's module holds both) on single frames, with SD's
@@ -129,14 +120,12 @@ class ImageDiffusionJob:
     def __init__(self, unet, text_encoder, prediction_type="eps", caption_dropout=0.1, encode_frames=None):
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction type {prediction_type!r}: choose 'eps' or 'v'")
-        if not 0 <= caption_dropout <= 1:
-            raise ValueError(f"caption_dropout {caption_dropout} is a probability: choose it in [0, 1]")
         if any(isinstance(m, TemporalLayer) for m in unet.modules()):
             raise ValueError("this UNet has temporal layers: the image model trains without them (eject them, or train a fresh UNet)")
         if text_encoder.config.dim != unet.config.context_dim:
             raise ValueError(f"the caption encoder's dim {text_encoder.config.dim} differs from the UNet's context_dim {unet.config.context_dim}")
         self.module = nn.ModuleDict({"unet": unet, "text_encoder": text_encoder}).requires_grad_(True).train()
-        self.prediction_type, self.caption_dropout, self.encode_frames = prediction_type, caption_dropout, encode_frames
+        self.prediction_type, self.caption_dropout, self.encode_frames = prediction_type, checked_dropout(caption_dropout), encode_frames
         self.alpha_bar = alphas_cumprod()
 
     @property

@@ -15,7 +15,7 @@ from einops import rearrange, repeat
 from ..sampling import alphas_cumprod
 from ..temporal import context_branch
 from ..unet_layout import inject
-from .objectives import draw_context, draw_timesteps, masked_context, noised
+from .objectives import checked_dropout, checked_power, draw_context, draw_timesteps, drop_captions, masked_context, noised
 
 CONTEXT_MODES = ("prediction", "interpolation")
 
@@ -38,6 +38,10 @@ def call_own_unet(unet, x, timesteps, context, frames, masked_context=None, y=No
     return unet(x, timesteps, context, frames, masked_context, y=y)
 
 
+# the objective's options as every run before them trained: left out of a run's record, so their checkpoints resume
+PLAIN_OBJECTIVE = {"caption_dropout": 0.0, "timestep_power": 1.0}
+
+
 class TemporalLayersJob:
     """Temporal layers on a frozen image UNet, trained with the image model's objective on videos.
 
@@ -48,9 +52,13 @@ class TemporalLayersJob:
     ``call_unet(unet, x, timesteps, context, frames, masked_context)`` runs a UNet
     whose forward takes other arguments (ComfyUI's: vldm_core.comfy_unet.call_unet).
     With ``context_only``, the layers stay frozen but for their context branch
-    (temporal.context_branch): a motion module learns to take context frames."""
+    (temporal.context_branch): a motion module learns to take context frames.
+    ``caption_dropout``: share of videos trained with the empty caption, so that
+    the unconditional branch that classifier-free guidance subtracts is a
+    coherent video too; ``timestep_power``: objectives.draw_timesteps."""
 
-    def __init__(self, unet, layers, encode_text, prediction_type="eps", modes=("keyframe",), stages=None, encode_frames=None, call_unet=None, context_only=False):
+    def __init__(self, unet, layers, encode_text, prediction_type="eps", modes=("keyframe",), stages=None, encode_frames=None, call_unet=None,
+                 context_only=False, caption_dropout=0.0, timestep_power=1.0):
         unknown = set(modes) - {"keyframe", *CONTEXT_MODES}
         if unknown:
             raise ValueError(f"modes {sorted(unknown)}: temporal layers of a UNet train as keyframe, prediction and/or interpolation models")
@@ -65,9 +73,12 @@ class TemporalLayersJob:
         self.encode_text, self.encode_frames, self.prediction_type, self.modes = encode_text, encode_frames, prediction_type, tuple(modes)
         self.stages = stages if layers.config.interpolation_stage else None
         self.alpha_bar = alphas_cumprod(betas=layers.config.betas or "scaled_linear")  # motion modules bring their own schedule
+        self.caption_dropout, self.timestep_power = checked_dropout(caption_dropout), checked_power(timestep_power)
 
     def config_dict(self):
+        options = {"caption_dropout": self.caption_dropout, "timestep_power": self.timestep_power}
         return {
+            **{name: value for name, value in options.items() if value != PLAIN_OBJECTIVE[name]},
             "modes": list(self.modes),
             "prediction_type": self.prediction_type,
             "layout": self.layers.layout.to_json(),
@@ -100,11 +111,14 @@ class TemporalLayersJob:
         device = next(self.module.parameters()).device
         latents = video_latents(batch, self.encode_frames, device)
         videos, frames = latents.shape[:2]
-        t = draw_timesteps(videos, generator)
+        t = draw_timesteps(videos, generator, power=self.timestep_power)
         noise = torch.randn(latents.shape, generator=generator).to(device)
         c_s = self.contexts(latents, generator)
+        captions = batch["caption"]
+        if self.caption_dropout:  # no draw at 0: runs trained before the dropout existed draw what they drew
+            captions = drop_captions(captions, self.caption_dropout, generator)
         x_t, target = noised(latents, noise, t.to(device), self.alpha_bar, self.prediction_type)
         with torch.no_grad():
-            context = repeat(self.encode_text(batch["caption"]).to(device), "b n d -> (b t) n d", t=frames)
+            context = repeat(self.encode_text(captions).to(device), "b n d -> (b t) n d", t=frames)
         prediction = self.call_unet(self.unet, rearrange(x_t, "b t c h w -> (b t) c h w"), t.to(device).repeat_interleave(frames), context, frames, c_s)
         return F.mse_loss(prediction.float(), rearrange(target, "b t c h w -> (b t) c h w").float())

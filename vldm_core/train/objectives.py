@@ -27,9 +27,36 @@ def noised(x0, noise, t, alpha_bar, prediction_type):
     raise ValueError(f"prediction type {prediction_type!r}: choose 'eps' or 'v'")
 
 
-def draw_timesteps(videos, generator, timesteps=1000):
-    """One timestep per video: all frames of a video share their noise level."""
-    return torch.randint(0, timesteps, (videos,), generator=generator)
+def checked_power(power):
+    if power <= 0:
+        raise ValueError(f"timestep_power {power}: choose a positive power (1: uniform)")
+    return power
+
+
+def draw_timesteps(videos, generator, timesteps=1000, power=1.0):
+    """One timestep per video: all frames of a video share their noise level.
+    ``power`` p draws t / T with density p (t / T)^(p - 1): 1 is uniform, the
+    image model's objective; above 1 favours high noise, where a video's layout
+    (which object is where) is decided and the frames must agree on it."""
+    if checked_power(power) == 1:  # the stream of every run trained before the power existed
+        return torch.randint(0, timesteps, (videos,), generator=generator)
+    u = torch.rand(videos, generator=generator, dtype=torch.float64)
+    return (u ** (1 / power) * timesteps).long().clamp(max=timesteps - 1)
+
+
+def checked_dropout(probability):
+    if not 0 <= probability <= 1:
+        raise ValueError(f"caption_dropout {probability} is a probability: choose it in [0, 1]")
+    return probability
+
+
+def drop_captions(captions, probability, generator):
+    """Each caption replaced by "" with ``probability``: the model also learns the
+    unconditional prediction that classifier-free guidance subtracts. One draw
+    per caption whatever the probability, so the rest of the loss's random
+    stream does not depend on it."""
+    dropped = torch.rand(len(captions), generator=generator) < probability
+    return ["" if drop else caption for caption, drop in zip(captions, dropped.tolist())]
 
 
 def _choice(options, generator):
